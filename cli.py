@@ -1,0 +1,65 @@
+"""`smartbrush <verb>`: one entry point. Job verbs parse their own flags; unknown flags go to Beam."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+# verb -> (module, function, one-line help). Modules load lazily so `--help` stays fast.
+VERBS: dict[str, tuple[str, str, str]] = {
+    "demo": ("smartbrush.pipeline.demo", "main", "whole corpus build on the embedded sample data, then stats and preview"),
+    "build": ("smartbrush.pipeline.jobs", "run_build", "ingest + caption + shard in one Beam pipeline"),
+    "ingest": ("", "", "annotations to an instance table: `ingest coco` | `ingest openimages`"),
+    "caption": ("smartbrush.pipeline.caption_job", "run", "captions for an instance table"),
+    "shard": ("smartbrush.pipeline.jobs", "run_shard", "instance table to inpainting shards"),
+    "remask": ("smartbrush.pipeline.remask", "run", "existing shards + new mask schedule to new shards"),
+    "laion": ("smartbrush.pipeline.laion", "run", "LAION-Aesthetics parquet through img2dataset to text-to-image shards"),
+    "verify": ("smartbrush.pipeline.verify", "main", "check every shard against its manifest"),
+    "stats": ("smartbrush.pipeline.stats", "main", "counts and distributions of a shard set"),
+    "preview": ("smartbrush.pipeline.preview", "main", "contact sheet of samples with every mask level"),
+}
+
+INGEST_SOURCES = {"coco", "openimages"}
+
+
+def usage() -> str:
+    lines = ["usage: smartbrush <verb> [flags]   (smartbrush <verb> --help for a verb's flags)", "", "verbs:"]
+    lines += [f"  {verb:<9} {help_}" for verb, (_, _, help_) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def _quiet_logging() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("smartbrush").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"smartbrush: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    _quiet_logging()
+    if verb == "ingest":
+        if not rest or rest[0] not in INGEST_SOURCES:
+            print("usage: smartbrush ingest {coco,openimages} [flags]  (--help after the source for flags)",
+                  file=sys.stderr if rest and rest[0] not in ("-h", "--help") else sys.stdout)
+            return 0 if rest and rest[0] in ("-h", "--help") else 2
+        from smartbrush.pipeline.jobs import run_ingest
+
+        run_ingest(rest[1:], source=rest[0])
+        return 0
+    module, func, _ = VERBS[verb]
+    result = getattr(importlib.import_module(module), func)(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Job configuration: frozen dataclasses, named presets, YAML overrides with unknown keys rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from smartbrush.schemas import mask_schedule as schedule_schema
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    include_crowd: bool = False  # crowd annotations are filtered (reason "crowd") unless True
+    min_area: int = 64  # exact-mask pixels at source resolution
+    min_box_side: int = 8  # shorter side of the mask's box, source pixels
+    max_instances_per_image: int = 0  # keep the N largest instances of an image; 0 = all
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    resolution: int = 512  # R: the training crop and every mask are R x R
+    context: float = 1.5  # crop side = context * longer box side (at least the box itself)
+    min_crop_fraction: float = 0.25  # crop side >= this fraction of the image's shorter side
+    jpeg_quality: int = 95
+    max_image_pixels: int = 100_000_000  # larger images are rejected (decompression bombs)
+    exif: str = "auto"  # auto: pick the frame that matches the annotation's size; apply; ignore
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    samples_per_shard: int = 1000
+    prefix: str = "inpainting"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    schedule: str = "smartbrush"  # preset name or YAML path
+    captioner: str = "label"
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+                raise ValueError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+            kwargs[name] = type(default)(value)
+    return cls(**kwargs)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config_from_dict(data: dict, where: str = "config") -> BuildConfig:
+    cfg = _build(BuildConfig, data, where)
+    if cfg.render.exif not in ("auto", "apply", "ignore"):
+        raise ValueError(f"{where}.render.exif: one of auto, apply, ignore")
+    if cfg.render.resolution < 16 or cfg.shards.samples_per_shard < 1:
+        raise ValueError(f"{where}: resolution >= 16 and samples_per_shard >= 1 required")
+    return cfg
+
+
+def _preset_text(kind: str, name: str) -> str:
+    path = resources.files("smartbrush").joinpath("presets", kind, f"{name}.yaml")
+    if not path.is_file():
+        raise ValueError(f"unknown {kind} preset {name!r}; presets: {list_presets(kind)}")
+    return path.read_text()
+
+
+def list_presets(kind: str) -> list[str]:
+    folder = resources.files("smartbrush").joinpath("presets", kind)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_build_config(preset_or_path: str = "default", overrides: dict | None = None) -> BuildConfig:
+    """A named preset or a YAML file, then `overrides` (a nested dict) on top."""
+    if os.path.exists(preset_or_path):
+        with open(preset_or_path) as f:
+            data, where = yaml.safe_load(f) or {}, preset_or_path
+    else:
+        data, where = yaml.safe_load(_preset_text("build", preset_or_path)) or {}, f"preset {preset_or_path}"
+    return build_config_from_dict(merge(data, overrides or {}), where)
+
+
+def load_schedule(preset_or_path: str) -> schedule_schema.MaskSchedule:
+    """A schedule preset name (see `smartbrush shard --help`) or a YAML file path."""
+    if os.path.exists(preset_or_path):
+        with open(preset_or_path) as f:
+            return schedule_schema.from_dict(yaml.safe_load(f), preset_or_path)
+    return schedule_schema.from_dict(yaml.safe_load(_preset_text("schedules", preset_or_path)), preset_or_path)
+
+
+def to_yaml(cfg: BuildConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=True)

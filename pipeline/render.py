@@ -1,0 +1,41 @@
+"""Per image: read and decode the source image once, then render every instance's sample."""
+
+from __future__ import annotations
+
+from smartbrush.config import RenderConfig
+from smartbrush.pipeline import fileio
+from smartbrush.pipeline.errors import RecordError, rejection
+from smartbrush.pipeline.images import decode_image
+from smartbrush.pipeline.samples import render_sample
+from smartbrush.schemas.mask_schedule import MaskSchedule
+
+
+def load_image(path: str, expected_size: tuple[int, int], render: RenderConfig):
+    """Decoded RGB array in the annotation's frame; raises RecordError for a missing or bad file."""
+    try:
+        data = fileio.read_bytes(path)
+    except FileNotFoundError:
+        raise RecordError("image_missing", path) from None
+    except OSError as e:
+        if not fileio.exists(path):
+            raise RecordError("image_missing", path) from None
+        raise RecordError("image_unreadable", f"{type(e).__name__}: {e}") from None
+    return decode_image(data, expected_size, render.exif, render.max_image_pixels)
+
+
+def render_image(rows: list[dict], schedule: MaskSchedule, render: RenderConfig,
+                 stage: str = "shard") -> tuple[list[tuple[str, dict]], list[dict]]:
+    """(instance_id, sample) pairs and rejection rows for all instances of one source image."""
+    rows = sorted(rows, key=lambda r: r["instance_id"])
+    first = rows[0]
+    try:
+        image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render)
+    except RecordError as e:
+        return [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"]) for r in rows]
+    samples, rejected = [], []
+    for row in rows:
+        try:
+            samples.append((row["instance_id"], render_sample(image, row, schedule, render)))
+        except RecordError as e:
+            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"]))
+    return samples, rejected

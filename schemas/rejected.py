@@ -1,0 +1,48 @@
+"""rejected.parquet: every input record that did not reach the output, with stage, reason, detail."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+NAME = "smartbrush.rejected"
+VERSION = 1
+FILE_NAME = "rejected.parquet"
+
+# kind: "rejected" (bad input) or "filtered" (a deliberate filter). Reasons are open-ended strings;
+# the ones the corpus build emits are listed here so that users can rely on them.
+REJECTED = "rejected"
+FILTERED = "filtered"
+
+REASONS_REJECTED = (
+    "image_missing",
+    "image_unreadable",
+    "image_too_large",
+    "image_size_mismatch",
+    "invalid_polygon",
+    "invalid_rle",
+    "rle_size_mismatch",
+    "empty_mask",
+    "mask_missing",
+    "mask_unreadable",
+    "mask_size_mismatch",
+    "unknown_category",
+    "unknown_image",
+    "invalid_annotation",
+    "duplicate_instance",
+    "crop_failed",
+    "caption_degenerate",
+)
+REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image")
+
+SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),  # instance_id where one could be formed, else the raw record ref
+        ("source", pa.string()),
+        ("stage", pa.string()),  # ingest | caption | shard | remask | laion
+        ("kind", pa.string()),  # rejected | filtered
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("input", pa.string()),  # the file the record came from
+    ],
+    metadata={b"smartbrush.schema": NAME.encode(), b"smartbrush.schema_version": str(VERSION).encode()},
+)

@@ -1,0 +1,1 @@
+"""smartbrush.train: reserved for the train stage (see ARCHITECTURE.md); it reads only the shard format."""
