@@ -34,6 +34,9 @@ def _quiet_logging() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Beam warns about optional GCP client libraries on every import; they are not needed locally.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
     logging.getLogger("smartbrush").setLevel(logging.INFO)
 
 

@@ -105,3 +105,33 @@ def openimages_image_rows(image_id: str, records: list[dict], labels: dict[str, 
         })
     kept, filtered = apply_filters(rows, filters, "ingest", input_path)
     return kept, rejected + filtered
+
+
+def segmentation_rows_from_masks(mask_names: list[str], read_mask) -> list[dict]:
+    """OpenImages segmentation CSV rows rebuilt from mask files named
+    <ImageID>_m<label>_<BoxID>.png (the official MaskPath pattern); `read_mask(name)` returns the
+    mask as a 2-D bool array, from which the normalised box is measured. For fixtures that come
+    with masks but no CSV."""
+    from smartbrush.pipeline.masks import mask_box
+
+    rows = []
+    for name in sorted(mask_names):
+        stem = name.rsplit("/", 1)[-1][:-4]
+        image_id, label_token, box_id = stem.split("_")
+        mask = read_mask(name)
+        h, w = mask.shape
+        x0, y0, x1, y1 = mask_box(mask)
+        rows.append({"MaskPath": name, "ImageID": image_id, "LabelName": "/m/" + label_token[1:], "BoxID": box_id,
+                     "BoxXMin": f"{x0 / w:.6f}", "BoxXMax": f"{x1 / w:.6f}", "BoxYMin": f"{y0 / h:.6f}",
+                     "BoxYMax": f"{y1 / h:.6f}", "PredictedIoU": "", "Clicks": ""})
+    return rows
+
+
+def write_segmentation_csv(rows: list[dict], path: str) -> None:
+    import io as _io
+
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SEGMENTATION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.atomic_write_bytes(path, buf.getvalue().encode())
