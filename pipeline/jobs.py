@@ -14,7 +14,7 @@ from apache_beam.runners.runner import PipelineResult
 from smartbrush import config as config_mod
 from smartbrush.pipeline import coco, fileio, openimages
 from smartbrush.pipeline.manifest import input_file_entry
-from smartbrush.pipeline.transforms import (INPUTS, REJECTED, CaptionImageRows, IngestCoco, IngestOpenImages,
+from smartbrush.pipeline.transforms import (INPUTS, REJECTED, IngestCoco, IngestOpenImages,
                                             RenderImageSamples, WriteShards, finalize)
 from smartbrush.schemas import instance_table
 from smartbrush.schemas import manifest as manifest_schema
@@ -174,28 +174,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "instance table (instances/).")
     add_source_flags(parser)
     parser.add_argument("--out", required=True, help="output folder (any Beam path)")
-    parser.add_argument("--captioner", choices=["label"], help="caption model (default: label)")
+    from smartbrush.pipeline.caption_job import add_captioner_flags
+
+    add_captioner_flags(parser, default=None)  # None: the config decides
     add_config_flags(parser)
     return parser
 
 
 def run_build(argv: list[str] | None = None) -> PipelineResult:
     args, beam_args = build_parser().parse_known_args(argv)
+    from smartbrush.pipeline.caption_job import CaptionRowLists, captioner_from_args, describe_captioner
+    from smartbrush.pipeline.captioners import LabelCaptioner
+
     cfg = resolve_config(args)
     schedule = config_mod.load_schedule(cfg.schedule)
+    args.captioner = cfg.captioner
+    captioner = captioner_from_args(args)  # a bad --model exits here, before any output
     input_files = check_sources(args)
     prepare_output(args.out, cfg)
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
     rows, rejected, inputs = ingest_sources(p, args, cfg)
-    captioned = rows | "Caption" >> beam.ParDo(CaptionImageRows(cfg.captioner))
+    if captioner.needs_image:  # the label caption stays as the fallback text
+        rows = (rows | "LabelCaption" >> CaptionRowLists(LabelCaptioner()))["rows"]
+    caption_out = rows | "Caption" >> CaptionRowLists(captioner, cfg.render)
+    captioned = caption_out["rows"]
     write_instance_table(captioned, fileio.join(args.out, "instances", "instances"))
     rendered = captioned | "Render" >> beam.ParDo(RenderImageSamples(schedule, cfg.render)).with_outputs(
         REJECTED, main="samples")
     shards = rendered.samples | "Shards" >> WriteShards(args.out, cfg.shards.prefix, cfg.shards.samples_per_shard)
-    all_rejected = (rejected, rendered[REJECTED]) | "Rejected" >> beam.Flatten()
+    all_rejected = (rejected, caption_out[REJECTED], rendered[REJECTED]) | "Rejected" >> beam.Flatten()
     finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, shards,
-             all_rejected, inputs)
+             all_rejected, inputs, lineage={"captioner": describe_captioner(captioner)})
     return _finish(p.run())
 
 
@@ -274,25 +284,4 @@ def run_shard(argv: list[str] | None = None) -> PipelineResult:
     finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(),
              [{"path": args.table, "bytes": 0, "sha256": ""}], shards, rendered[REJECTED], inputs,
              upstream_dir=upstream)
-    return _finish(p.run())
-
-
-def caption_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smartbrush caption", epilog=BEAM_FLAGS_HELP,
-        description="Add captions to an instance table; captions by other models are kept.")
-    parser.add_argument("--table", required=True, help="instance table folder")
-    parser.add_argument("--out", required=True, help="new instance table folder")
-    parser.add_argument("--captioner", default="label", choices=["label"])
-    return parser
-
-
-def run_caption(argv: list[str] | None = None) -> PipelineResult:
-    args, beam_args = caption_parser().parse_known_args(argv)
-    options, runner = pipeline_options(beam_args)
-    fileio.makedirs(args.out)
-    p = beam.Pipeline(runner=runner, options=options)
-    rows = read_instance_table(p, args.table)
-    captioned = rows | "Caption" >> beam.ParDo(CaptionImageRows(args.captioner))
-    write_instance_table(captioned, fileio.join(args.out, "instances"))
     return _finish(p.run())

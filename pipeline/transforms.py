@@ -8,7 +8,6 @@ from apache_beam.metrics import Metrics
 
 from smartbrush.config import BuildConfig, FilterConfig, RenderConfig
 from smartbrush.pipeline import coco, fileio, openimages
-from smartbrush.pipeline.captioners import add_caption, make_captioner
 from smartbrush.pipeline.errors import rejection
 from smartbrush.pipeline.manifest import (counts, make_manifest, read_manifest, read_rejected,
                                           write_rejected_and_manifest)
@@ -133,21 +132,6 @@ class IngestOpenImages(beam.PTransform):
         return {"rows": ingested.rows, REJECTED: rejected, INPUTS: inputs}
 
 
-class CaptionImageRows(beam.DoFn):
-    """Adds a caption to every row of an image's row list (label captioner; model captioners
-    that need pixels run through RunInference instead)."""
-
-    def __init__(self, captioner: str):
-        self.captioner_name = captioner
-
-    def setup(self):
-        self.captioner = make_captioner(self.captioner_name)
-
-    def process(self, rows: list[dict]):
-        captions = self.captioner.caption_rows(rows)
-        yield [add_caption(r, c) if c is not None else r for r, c in zip(rows, captions)]
-
-
 class RenderImageSamples(beam.DoFn):
     """Decodes each source image once and renders all its instances' samples."""
 
@@ -238,5 +222,5 @@ def finalize(pbegin_or_p, out_dir: str, kind: str, config: BuildConfig | dict, s
                                        inputs=beam.pvalue.AsList(inputs)))
 
 
-__all__ = ["IngestCoco", "IngestOpenImages", "CaptionImageRows", "RenderImageSamples", "WriteShards", "finalize",
+__all__ = ["IngestCoco", "IngestOpenImages", "RenderImageSamples", "WriteShards", "finalize",
            "REJECTED", "INPUTS", "manifest_schema", "fileio"]

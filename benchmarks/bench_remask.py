@@ -1,0 +1,268 @@
+"""Remask throughput against (a) a full `shard` rebuild from the instance table and (b) a plain
+tar-to-tar copy of the same shards (the I/O floor), on shards built from coco_val2017_tiny.
+
+Two views, both measured in this run:
+  per-element  one process, no Beam: the work each job does per shard / per image, timed alone
+  beam         the real jobs on the local runner (wall-clock of run(), runner start-up included),
+               with 1 worker in_memory and with 2 workers multi_processing
+
+    python benchmarks/bench_remask.py [--data DIR] [--work DIR] [--resolution 512]
+        [--samples-per-shard 64] [--schedule smartbrush-fine] [--scale 1] [--repeat 3]
+
+--scale K builds from K copies of the dataset (images linked under new file names, annotations
+with new ids) so that Beam's fixed start-up cost weighs less. Targets (issue 5): remask at least
+5x faster than the rebuild, within 3x of the copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coco_val2017_tiny")
+BEAM_MODES = {
+    "1 worker in_memory": ["--direct_num_workers", "1", "--direct_running_mode", "in_memory"],
+    "2 workers multi_processing": ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+}
+
+
+def scaled_coco(data_dir: str, work: str, scale: int) -> tuple[str, str]:
+    """(annotations JSON, images folder) holding `scale` copies of the dataset under new ids."""
+    ann_path = os.path.join(data_dir, "annotations", "instances_val2017.json")
+    images_dir = os.path.join(data_dir, "val2017")
+    if scale == 1:
+        return ann_path, images_dir
+    with open(ann_path) as f:
+        coco = json.load(f)
+    out_images = os.path.join(work, "images")
+    os.makedirs(out_images, exist_ok=True)
+    images, anns = [], []
+    for k in range(scale):
+        for im in coco["images"]:
+            name = f"{k:03d}_{im['file_name']}"
+            link = os.path.join(out_images, name)
+            if not os.path.exists(link):
+                os.symlink(os.path.abspath(os.path.join(images_dir, im["file_name"])), link)
+            images.append({**im, "id": im["id"] * 1000 + k, "file_name": name})
+        for a in coco["annotations"]:
+            anns.append({**a, "id": a["id"] * 1000 + k, "image_id": a["image_id"] * 1000 + k})
+    out_ann = os.path.join(work, "instances_scaled.json")
+    with open(out_ann, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": coco["categories"]}, f)
+    return out_ann, out_images
+
+
+def build_source(ann: str, images: str, out: str, cfg_flags: list[str]) -> float:
+    from smartbrush.pipeline.jobs import run_build
+
+    t = time.perf_counter()
+    run_build(["--coco-annotations", ann, "--coco-images", images, "--out", out, *cfg_flags,
+               *BEAM_MODES["2 workers multi_processing"]])
+    return time.perf_counter() - t
+
+
+# ---- per-element: the work of each job, one process, no Beam -------------------------------------
+
+def per_element_remask(src: str, out: str, schedule) -> int:
+    from smartbrush.pipeline.remask_shard import remask_shard
+
+    os.makedirs(out)
+    n = 0
+    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+        n += remask_shard(src, out, entry, schedule).info["samples"]
+    return n
+
+
+def per_element_copy(src: str, out: str, _schedule) -> int:
+    from smartbrush.pipeline.shards import read_shard, write_shard
+
+    os.makedirs(out)
+    n = 0
+    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+        samples = read_shard(os.path.join(src, entry["name"]))
+        members = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
+        n += write_shard(out, entry["name"], members)[0]["samples"]
+    return n
+
+
+def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
+    """What `shard` does per image: decode the source image once, render every instance, write the
+    shards in key order (the instance table read is included)."""
+    import pyarrow.parquet as pq
+
+    from smartbrush.pipeline.render import render_image
+    from smartbrush.pipeline.shards import shard_name, write_shard
+
+    os.makedirs(out)
+    rows = pq.read_table(os.path.join(src, "instances")).to_pylist()
+    by_image = defaultdict(list)
+    for r in rows:
+        by_image[r["image_path"]].append(r)
+    samples = []
+    for image_rows in by_image.values():
+        samples += render_image(image_rows, schedule, cfg.render)[0]
+    samples.sort(key=lambda kv: kv[0])
+    per = cfg.shards.samples_per_shard
+    for i in range(0, len(samples), per):
+        write_shard(out, shard_name(cfg.shards.prefix, i // per), samples[i:i + per])
+    return len(samples)
+
+
+def remask_breakdown(src: str, schedule) -> dict[str, float]:
+    """Milliseconds per instance of each step of remask_sample, over the source samples."""
+    from smartbrush.pipeline.ladder import render_ladder
+    from smartbrush.pipeline.remask_shard import parse_tar
+    from smartbrush.pipeline.samples import decode_mask_png, encode_mask_png
+
+    t = time.perf_counter()
+    samples = []
+    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+        with open(os.path.join(src, entry["name"]), "rb") as f:
+            samples += parse_tar(f.read(), entry["name"])
+    steps = {"read + parse tar": time.perf_counter() - t}
+    t = time.perf_counter()
+    exact = [decode_mask_png(s["mask_s0.png"]) for s in samples]
+    steps["decode s=0 PNG"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ladders = [render_ladder(e, schedule) for e in exact]
+    steps["render_ladder"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for levels in ladders:
+        for m in levels[1:]:
+            encode_mask_png(m)
+    steps[f"encode {schedule.num_levels - 1} PNGs"] = time.perf_counter() - t
+    return {k: 1000 * v / len(samples) for k, v in steps.items()}
+
+
+def timed(fn, repeat: int, work: str, tag: str, *args) -> tuple[float, int]:
+    """Best of `repeat` runs (seconds, instances), each into a fresh folder."""
+    best, n = float("inf"), 0
+    for i in range(repeat):
+        out = os.path.join(work, f"{tag}-{i}")
+        t = time.perf_counter()
+        n = fn(*args[:1], out, *args[1:])
+        best = min(best, time.perf_counter() - t)
+        shutil.rmtree(out)
+    return best, n
+
+
+# ---- Beam jobs -----------------------------------------------------------------------------------
+
+def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
+    """The I/O floor as a Beam job shaped like remask: one work item per shard."""
+    import apache_beam as beam
+
+    from smartbrush.pipeline.jobs import pipeline_options
+    from smartbrush.pipeline.shards import read_shard, write_shard
+
+    names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])
+    os.makedirs(out)
+
+    def copy(name):
+        samples = read_shard(os.path.join(src, name))
+        members = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
+        return write_shard(out, name, members)[0]
+
+    options, runner = pipeline_options(beam_args)
+    p = beam.Pipeline(runner=runner, options=options)
+    _ = p | beam.Create(names) | beam.Reshuffle() | beam.Map(copy)
+    p.run().wait_until_finish()
+
+
+def beam_jobs(src: str, work: str, schedule_arg: str, cfg_flags: list[str], beam_args: list[str], tag: str):
+    from smartbrush.pipeline.jobs import run_shard
+    from smartbrush.pipeline.remask import run as run_remask
+
+    jobs = {
+        "remask": lambda out: run_remask(["--shards", src, "--schedule", schedule_arg, "--out", out, *beam_args]),
+        "rebuild (shard)": lambda out: run_shard(["--table", os.path.join(src, "instances"), "--out", out,
+                                                  *cfg_flags, "--schedule", schedule_arg, *beam_args]),
+        "copy": lambda out: beam_copy(src, out, beam_args),
+    }
+    times = {}
+    for name, job in jobs.items():
+        out = os.path.join(work, f"beam-{tag}-{name.split()[0]}")
+        t = time.perf_counter()
+        job(out)
+        times[name] = time.perf_counter() - t
+        shutil.rmtree(out)
+    return times
+
+
+def report(title: str, times: dict[str, float], n: int) -> None:
+    print(f"\n{title}  ({n} instances)")
+    for name, t in times.items():
+        print(f"  {name:<18} {t:8.2f} s  {n / t:9.1f} instances/s")
+    speedup = times["rebuild (shard)"] / times["remask"]
+    over_copy = times["remask"] / times["copy"]
+    print(f"  remask vs rebuild: {speedup:5.2f}x faster   (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
+    print(f"  remask vs copy:    {over_copy:5.2f}x slower   (target <= 3x: {'met' if over_copy <= 3 else 'NOT met'})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--samples-per-shard", type=int, default=64)
+    parser.add_argument("--schedule", default="smartbrush-fine", help="the new schedule (the source uses smartbrush)")
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="per-element runs; the best is reported")
+    parser.add_argument("--no-beam", action="store_true", help="skip the Beam job timings")
+    args = parser.parse_args()
+    if not os.path.isdir(os.path.join(args.data, "val2017")):
+        print(f"coco_val2017_tiny not found at {args.data}: pass --data DIR (with annotations/ and val2017/)")
+        return 2
+
+    from smartbrush import config as config_mod
+
+    work = args.work or tempfile.mkdtemp(prefix="bench-remask-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        cfg_flags = ["--config", "default", "--resolution", str(args.resolution),
+                     "--samples-per-shard", str(args.samples_per_shard)]
+        src = os.path.join(work, "source")
+        if os.path.exists(src):
+            shutil.rmtree(src)
+        ann, images = scaled_coco(args.data, work, args.scale)
+        build_s = build_source(ann, images, src, cfg_flags + ["--schedule", "smartbrush"])
+        manifest = json.load(open(os.path.join(src, "manifest.json")))
+        n = manifest["counts"]["written"]
+        print(f"source: {n} instances in {len(manifest['shards'])} shards at R={args.resolution} "
+              f"(schedule smartbrush, S=4), built in {build_s:.1f} s; remask to {args.schedule}; "
+              f"{os.cpu_count()} CPUs")
+
+        schedule = config_mod.load_schedule(args.schedule)
+        cfg = config_mod.load_build_config("default", {"render": {"resolution": args.resolution},
+                                                       "shards": {"samples_per_shard": args.samples_per_shard}})
+        per = {
+            "remask": timed(per_element_remask, args.repeat, work, "pe-remask", src, schedule),
+            "rebuild (shard)": timed(per_element_rebuild, args.repeat, work, "pe-rebuild", src, schedule, cfg),
+            "copy": timed(per_element_copy, args.repeat, work, "pe-copy", src, schedule),
+        }
+        assert all(k == n for _, k in per.values()), per
+        report(f"per-element, one process, no Beam (best of {args.repeat})", {k: t for k, (t, _) in per.items()}, n)
+        print("\nwhere remask's time goes (ms per instance, one process):")
+        for step, ms in remask_breakdown(src, schedule).items():
+            print(f"  {step:<18} {ms:6.2f}")
+        if not args.no_beam:
+            for mode, beam_args in BEAM_MODES.items():
+                times = beam_jobs(src, work, args.schedule, cfg_flags, beam_args, mode.split()[0])
+                report(f"beam jobs, {mode} (wall-clock incl. runner start-up)", times, n)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The crop a captioner sees: the object's box plus a margin, squared, never below a minimum side,
+moved inside the image where it fits and padded where it cannot, optionally with the background
+outside the mask greyed out, then resized to the captioner's input size."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from smartbrush.config import RenderConfig
+from smartbrush.pipeline.errors import RecordError, rejection
+from smartbrush.pipeline.masks import Box
+from smartbrush.pipeline.render import load_image
+
+BICUBIC = 3  # PIL's (and BlipImageProcessor's) resample code
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    margin: float = 0.1  # added on each side, as a fraction of the box's longer side
+    min_side: int = 64  # source pixels: tiny objects get some context (capped at the image)
+    grey_background: bool = False  # fill pixels outside the object's mask
+
+    def to_dict(self) -> dict:
+        return {"margin": self.margin, "min_side": self.min_side, "grey_background": self.grey_background}
+
+
+def clip_box(box, image_size: tuple[int, int]) -> Box:
+    """The box rounded outwards to whole pixels and clipped to the image; RecordError("crop_failed")
+    when nothing of it is left inside the image."""
+    width, height = image_size
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise RecordError("crop_failed", f"box {box!r} is not four numbers") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise RecordError("crop_failed", f"box {box!r} is not finite")
+    cx0, cy0 = max(math.floor(x0), 0), max(math.floor(y0), 0)
+    cx1, cy1 = min(math.ceil(x1), width), min(math.ceil(y1), height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise RecordError("crop_failed", f"box {list(box)} has no pixels inside the {width}x{height} image")
+    return cx0, cy0, cx1, cy1
+
+
+def _place(lo: int, hi: int, side: int, dim: int) -> int:
+    """Start of a window of `side` pixels along an axis of `dim` pixels that contains [lo, hi):
+    centred on the object and moved inside the image when side <= dim, else centred on the image."""
+    if side > dim:
+        return (dim - side) // 2
+    start = (lo + hi - side) // 2
+    return min(max(start, 0), dim - side)
+
+
+def caption_window(box, image_size: tuple[int, int], policy: CropPolicy) -> Box:
+    """Square window in source pixels around `box`: side = longer box side x (1 + 2 margin), at least
+    min_side, at most the image's shorter side, but never smaller than the (clipped) box itself.
+    It extends past the image only when the object is longer than the image's shorter side."""
+    width, height = image_size
+    x0, y0, x1, y1 = clip_box(box, image_size)
+    longer = max(x1 - x0, y1 - y0)
+    side = max(math.ceil(longer * (1 + 2 * policy.margin)), policy.min_side)
+    side = max(min(side, width, height), longer)
+    wx0, wy0 = _place(x0, x1, side, width), _place(y0, y1, side, height)
+    return wx0, wy0, wx0 + side, wy0 + side
+
+
+def cut_window(array: np.ndarray, window: Box, fill) -> np.ndarray:
+    """The window's pixels; where it extends past the array, `fill` (a value or an RGB triple)."""
+    x0, y0, x1, y1 = window
+    h, w = array.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return array[y0:y1, x0:x1]
+    out = np.empty((y1 - y0, x1 - x0) + array.shape[2:], dtype=array.dtype)
+    out[...] = fill
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = array[sy0:sy1, sx0:sx1]
+    return out
+
+
+def caption_crop(image: np.ndarray, box, policy: CropPolicy, out_size: tuple[int, int],
+                 mask: np.ndarray | None = None, fill=(128, 128, 128), resample: int = BICUBIC) -> np.ndarray:
+    """The captioner's input for one object: an out_size (height, width) RGB uint8 array.
+
+    `image` is the decoded HxWx3 source image; `mask` (HxW, nonzero = object) is needed only when
+    the policy greys out the background, which is then set to `fill` like the padding."""
+    height, width = image.shape[:2]
+    window = caption_window(box, (width, height), policy)
+    fill = np.asarray(fill, dtype=np.uint8)
+    crop = cut_window(image, window, fill)
+    if policy.grey_background:
+        if mask is None or mask.shape[:2] != (height, width):
+            raise RecordError("crop_failed", "grey_background needs the object's mask at image size")
+        inside = cut_window(mask, window, 0).astype(bool)
+        crop = np.where(inside[:, :, None], crop, fill)
+    out_h, out_w = out_size
+    if crop.shape[:2] == (out_h, out_w):
+        return np.ascontiguousarray(crop)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((out_w, out_h), resample=resample))
+
+
+def image_crops(rows: list[dict], make_crop, render: RenderConfig | None = None,
+                stage: str = "caption") -> tuple[list[tuple[str, np.ndarray]], list[dict], list[dict]]:
+    """All instances of one source image: decode it once, then `make_crop(image, row)` for each.
+
+    Returns (instance_id, crop) pairs, the rows that got a crop (in instance_id order) and
+    rejection rows for the others (every row when the image itself cannot be loaded)."""
+    rows = sorted(rows, key=lambda r: r["instance_id"])
+    first = rows[0]
+    try:
+        image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render or RenderConfig())
+    except RecordError as e:
+        return [], [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"])
+                        for r in rows]
+    crops, kept, rejected = [], [], []
+    for row in rows:
+        try:
+            crops.append((row["instance_id"], make_crop(image, row)))
+            kept.append(row)
+        except RecordError as e:
+            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"]))
+    return crops, kept, rejected

@@ -1,0 +1,175 @@
+"""`smartbrush remask`: an inpainting shard set + a new mask schedule -> a new shard set.
+
+One Beam work item per input shard (listed from the input manifest.json); each worker reads its
+shard, recomputes every mask level from the s = 0 mask (pipeline.remask_shard) and writes a shard
+of the same name. Images, captions and metadata are not touched; no annotation or source image is
+read. See docs/remask.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.runners.runner import PipelineResult
+
+from smartbrush import config as config_mod
+from smartbrush.pipeline import fileio
+from smartbrush.pipeline.jobs import BEAM_FLAGS_HELP, pipeline_options, prepare_output
+from smartbrush.pipeline.manifest import counts, make_manifest, read_rejected, reconciles, write_rejected_and_manifest
+from smartbrush.pipeline.remask_shard import remask_shard
+from smartbrush.schemas import manifest as manifest_schema
+from smartbrush.schemas.mask_schedule import MaskSchedule
+
+REJECTED = "rejected"
+INPUTS = "inputs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartbrush remask", epilog=BEAM_FLAGS_HELP,
+        description="Recompute every mask level of an inpainting shard set from its s = 0 masks with a new "
+                    "schedule (which may change the number of levels S). Images, captions and metadata are "
+                    "copied byte for byte; shards keep their names. Writes shards, manifest.json (with both "
+                    "schedules and the input manifest's sha256), rejected.parquet and config.yaml.")
+    parser.add_argument("--shards", required=True, help="input shard set folder (holding manifest.json)")
+    parser.add_argument("--schedule", required=True, help="new mask schedule: preset "
+                        f"({', '.join(config_mod.list_presets('schedules'))}) or YAML file")
+    parser.add_argument("--out", required=True, help="output folder (any Beam path); not the input folder")
+    return parser
+
+
+def read_input_manifest(shards_dir: str) -> tuple[dict, bytes]:
+    """The input set's manifest and its exact bytes; a clear SystemExit when it is not a finished,
+    readable inpainting shard set."""
+    path = fileio.join(shards_dir, manifest_schema.FILE_NAME)
+    if not fileio.exists(path):
+        raise SystemExit(f"{shards_dir}: no {manifest_schema.FILE_NAME}: not a finished shard set "
+                         "(an interrupted build leaves none; re-run it first)")
+    raw = fileio.read_bytes(path)
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: not JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise SystemExit(f"{path}: not a smartbrush manifest")
+    try:
+        manifest_schema.check_header(manifest, path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if manifest.get("kind") != manifest_schema.KIND_INPAINTING:
+        raise SystemExit(f"{path}: a {manifest.get('kind')!r} shard set; remask reads "
+                         f"{manifest_schema.KIND_INPAINTING!r} sets")
+    return manifest, raw
+
+
+def derived_config(input_config: dict, schedule_arg: str, where: str) -> config_mod.BuildConfig:
+    """The input set's build config with the new schedule: a build with it gives the same shards."""
+    try:
+        return config_mod.build_config_from_dict(config_mod.merge(input_config, {"schedule": schedule_arg}),
+                                                 f"{where} config")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
+class RemaskShardDoFn(beam.DoFn):
+    """Shard name -> the output shard's info; REJECTED rows and the INPUTS count on side outputs."""
+
+    def __init__(self, in_dir: str, out_dir: str, manifest_sha256: str, schedule: MaskSchedule):
+        self.in_dir, self.out_dir, self.manifest_sha256, self.schedule = in_dir, out_dir, manifest_sha256, schedule
+        self.written = Metrics.counter("remask", "shards_written")
+        self.kept = Metrics.counter("remask", "shards_already_complete")
+        self.samples = Metrics.counter("remask", "samples_written")
+        self.failed = Metrics.counter("remask", "samples_rejected")
+
+    def setup(self):
+        # The shard entries come from the manifest on the worker, not through the job graph.
+        raw = fileio.read_bytes(fileio.join(self.in_dir, manifest_schema.FILE_NAME))
+        if hashlib.sha256(raw).hexdigest() != self.manifest_sha256:
+            raise RuntimeError(f"{self.in_dir}/{manifest_schema.FILE_NAME} changed while remask was running")
+        self.entries = {s["name"]: s for s in json.loads(raw)["shards"]}
+
+    def process(self, name: str):
+        result = remask_shard(self.in_dir, self.out_dir, self.entries[name], self.schedule)
+        (self.written if result.written_now else self.kept).inc(int(result.info is not None))
+        self.samples.inc(result.info["samples"] if result.info else 0)
+        self.failed.inc(len(result.rejected))
+        for row in result.rejected:
+            yield pvalue.TaggedOutput(REJECTED, row)
+        yield pvalue.TaggedOutput(INPUTS, result.inputs)
+        if result.info is not None:
+            yield result.info
+
+
+class FinalizeRemask(beam.DoFn):
+    """Writes rejected.parquet and manifest.json once every shard is done (side inputs).
+
+    Counts carry the input set's forward: its inputs, its rejected and filtered rows (copied into
+    rejected.parquet) plus this stage's rejections, so the new manifest reconciles back to the
+    original records. lineage.remask_counts holds this stage alone (inputs = input samples)."""
+
+    def __init__(self, in_dir: str, out_dir: str, input_manifest: dict, config: dict, schedule: dict,
+                 input_files: list[dict], lineage: dict):
+        self.in_dir, self.out_dir, self.input_manifest = in_dir, out_dir, input_manifest
+        self.config, self.schedule, self.input_files, self.lineage = config, schedule, input_files, lineage
+
+    def process(self, _, shards, rejected, inputs):
+        shards, rejected = list(shards), list(rejected)
+        written = sum(s["samples"] for s in shards)
+        stage = counts(sum(inputs), written, rejected)
+        upstream_rejected = read_rejected(self.in_dir)
+        total = counts(self.input_manifest["counts"]["inputs"], written, upstream_rejected + rejected)
+        if not reconciles(stage) or not reconciles(total):
+            raise RuntimeError(f"remask counts do not reconcile: this stage {stage}, carried forward {total}; "
+                               f"is {self.in_dir}/{manifest_schema.FILE_NAME} consistent with its shards?")
+        lineage = {**self.lineage, "remask_counts": stage}
+        yield write_rejected_and_manifest(
+            self.out_dir, upstream_rejected + rejected,
+            lambda rej: make_manifest(manifest_schema.KIND_INPAINTING, self.config, self.schedule,
+                                      self.input_files, total, shards, rej, lineage))
+
+
+def _same_folder(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def run(argv: list[str] | None = None) -> PipelineResult:
+    args, beam_args = build_parser().parse_known_args(argv)
+    manifest, raw = read_input_manifest(args.shards)
+    try:
+        schedule = config_mod.load_schedule(args.schedule)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if _same_folder(args.out, args.shards):
+        raise SystemExit("--out must differ from --shards: remask writes a new shard set")
+    cfg = derived_config(manifest["config"], args.schedule, args.shards)
+    prepare_output(args.out, cfg)
+    manifest_path = fileio.join(args.shards, manifest_schema.FILE_NAME)
+    sha = hashlib.sha256(raw).hexdigest()
+    lineage = {"input_manifest_sha256": sha, "input_dir": args.shards,
+               "input_mask_schedule": manifest["mask_schedule"], "input_counts": manifest["counts"]}
+    if manifest.get("lineage"):
+        lineage["input_lineage"] = manifest["lineage"]
+    input_files = [{"path": manifest_path, "bytes": len(raw), "sha256": sha}]
+    names = sorted(s["name"] for s in manifest["shards"])
+
+    options, runner = pipeline_options(beam_args)
+    p = beam.Pipeline(runner=runner, options=options)
+    done = (p | "ShardNames" >> beam.Create(names) | "Spread" >> beam.Reshuffle()
+            | "Remask" >> beam.ParDo(RemaskShardDoFn(args.shards, args.out, sha, schedule))
+            .with_outputs(REJECTED, INPUTS, main="shards"))
+    (p | "FinalizeTrigger" >> beam.Create([None])
+     | "Finalize" >> beam.ParDo(FinalizeRemask(args.shards, args.out, manifest, cfg.to_dict(), schedule.to_json(),
+                                               input_files, lineage),
+                                shards=beam.pvalue.AsList(done.shards), rejected=beam.pvalue.AsList(done[REJECTED]),
+                                inputs=beam.pvalue.AsList(done[INPUTS])))
+    result = p.run()
+    result.wait_until_finish()
+    return result
