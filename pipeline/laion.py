@@ -94,15 +94,16 @@ def filters_of(args) -> LaionFilters:
     return LaionFilters(args.min_aesthetic, args.max_punsafe, args.max_pwatermark, args.min_width, args.min_height)
 
 
-def prepare_output(out_dir: str, config: dict) -> None:
-    """Create the folder, refuse another config's set, and drop the manifest of an earlier run: its
-    presence marks a finished set, and img2dataset's resume scan reads every *.json as a shard's stats."""
+def prepare_output(out_dir: str, config: dict, input_files: list[dict]) -> None:
+    """Create the folder, refuse a set built with other settings or other input bytes (img2dataset would
+    resume the wrong rows), and drop the manifest of an earlier run: its presence marks a finished set,
+    and img2dataset's resume scan reads every *.json as a shard's stats."""
     fileio.makedirs(out_dir)
     cfg_path = fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME)
-    text = yaml.safe_dump(config, sort_keys=True)
+    text = yaml.safe_dump({**config, "input_sha256": {f["path"]: f["sha256"] for f in input_files}}, sort_keys=True)
     if fileio.exists(cfg_path):
         if fileio.read_bytes(cfg_path).decode() != text:
-            raise SystemExit(f"{out_dir} holds a LAION set built with other settings ({cfg_path}); "
+            raise SystemExit(f"{out_dir} holds a LAION set built with other settings or inputs ({cfg_path}); "
                              "use a new --out, or delete the folder to rebuild")
     else:
         fileio.atomic_write_bytes(cfg_path, text.encode())
@@ -125,6 +126,8 @@ def download(list_path: str, out_dir: str, args: argparse.Namespace, save_column
     previous = signal.getsignal(signal.SIGINT)  # img2dataset installs its own handler and leaves it
     try:
         img2dataset_download(**img2dataset_kwargs(list_path, out_dir, args, save_columns))
+    except SystemExit as e:  # its SIGINT handler exits with status 0
+        raise SystemExit(f"img2dataset was interrupted ({e.code}); re-run the same command to resume") from None
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -212,8 +215,8 @@ def run(argv: list[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError, OSError) as e:
         raise SystemExit(str(e)) from None
     config = resolved_config(args)
-    prepare_output(args.out, config)
     input_files = [input_file_entry(p) for p in args.parquet]
+    prepare_output(args.out, config, input_files)
     list_path = fileio.join(args.out, DOWNLOAD_LIST)
     n_inputs, n_kept, before_download = write_download_list(args.parquet, list_path, filters, cols)
     log.info("laion: %d rows, %d to download, %d filtered or rejected before download", n_inputs, n_kept,
