@@ -9,16 +9,16 @@ import sys
 
 # verb -> (module, function, one-line help). Modules load lazily so `--help` stays fast.
 VERBS: dict[str, tuple[str, str, str]] = {
-    "demo": ("smartbrush.pipeline.demo", "main", "whole corpus build on the embedded sample data, then stats and preview"),
-    "build": ("smartbrush.pipeline.jobs", "run_build", "ingest + caption + shard in one Beam pipeline"),
+    "demo": ("smartbrush.pipeline.commands.demo", "main", "whole corpus build on the embedded sample data, then stats and preview"),
+    "build": ("smartbrush.pipeline.commands.build", "run_build", "ingest + caption + shard in one Beam pipeline"),
     "ingest": ("", "", "annotations to an instance table: `ingest coco` | `ingest openimages`"),
-    "caption": ("smartbrush.pipeline.caption_job", "run", "captions for an instance table"),
-    "shard": ("smartbrush.pipeline.jobs", "run_shard", "instance table to inpainting shards"),
-    "remask": ("smartbrush.pipeline.remask", "run", "existing shards + new mask schedule to new shards"),
-    "laion": ("smartbrush.pipeline.laion", "run", "LAION-Aesthetics parquet through img2dataset to text-to-image shards"),
-    "verify": ("smartbrush.pipeline.verify", "main", "check every shard against its manifest"),
-    "stats": ("smartbrush.pipeline.stats", "main", "counts and distributions of a shard set"),
-    "preview": ("smartbrush.pipeline.preview", "main", "contact sheet of samples with every mask level"),
+    "caption": ("smartbrush.pipeline.commands.caption", "run", "captions for an instance table"),
+    "shard": ("smartbrush.pipeline.commands.build", "run_shard", "instance table to inpainting shards"),
+    "remask": ("smartbrush.pipeline.commands.remask", "run", "existing shards + new mask schedule to new shards"),
+    "laion": ("smartbrush.pipeline.commands.laion", "run", "LAION-Aesthetics parquet through img2dataset to text-to-image shards"),
+    "verify": ("smartbrush.pipeline.commands.verify", "main", "check every shard against its manifest"),
+    "stats": ("smartbrush.pipeline.commands.stats", "main", "counts and distributions of a shard set"),
+    "preview": ("smartbrush.pipeline.commands.preview", "main", "contact sheet of samples with every mask level"),
 }
 
 INGEST_SOURCES = {"coco", "openimages"}
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: smartbrush ingest {coco,openimages} [flags]  (--help after the source for flags)",
                   file=sys.stderr if rest and rest[0] not in ("-h", "--help") else sys.stdout)
             return 0 if rest and rest[0] in ("-h", "--help") else 2
-        from smartbrush.pipeline.jobs import run_ingest
+        from smartbrush.pipeline.commands.build import run_ingest
 
         run_ingest(rest[1:], source=rest[0])
         return 0

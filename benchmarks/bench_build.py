@@ -21,12 +21,12 @@ import time
 from collections import defaultdict
 
 from smartbrush.config import load_build_config, load_schedule
-from smartbrush.pipeline import coco
-from smartbrush.pipeline.captioners import LabelCaptioner, add_caption
-from smartbrush.pipeline.jobs import run_build
-from smartbrush.pipeline.manifest import counts, make_manifest, write_rejected_and_manifest
-from smartbrush.pipeline.render import render_image
-from smartbrush.pipeline.shards import shard_name, write_shard
+from smartbrush.pipeline.sources import coco
+from smartbrush.pipeline.caption.captioners import LabelCaptioner, add_caption
+from smartbrush.pipeline.commands.build import run_build
+from smartbrush.pipeline.storage.manifest import counts, make_manifest, write_rejected_and_manifest
+from smartbrush.pipeline.render.per_image import render_image
+from smartbrush.pipeline.storage.shards import shard_name, write_shard
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_val2017_tiny"
 

@@ -110,7 +110,7 @@ def caption_flags(args, model_dir: str, batch_size: int) -> list[str]:
 
 
 def run_pipeline(table: str, out: str, flags: list[str], gpu: bool):
-    from smartbrush.pipeline import caption_job
+    from smartbrush.pipeline.commands import caption as caption_job
 
     shutil.rmtree(out, ignore_errors=True)
     with GpuSampler(gpu) as sampler:
@@ -127,8 +127,8 @@ def premade_batches(table: str, captioner, batch_size: int, dtype):
     import pyarrow.parquet as pq
 
     from smartbrush.config import RenderConfig
-    from smartbrush.pipeline.blip import normalise_batch
-    from smartbrush.pipeline.render import load_image
+    from smartbrush.pipeline.caption.blip import normalise_batch
+    from smartbrush.pipeline.render.per_image import load_image
 
     rows = pq.read_table(sorted(glob.glob(os.path.join(table, "instances-*.parquet")))).to_pylist()
     crops, cache = [], {}
@@ -182,8 +182,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from smartbrush.pipeline.blip import BlipCaptioner, GenerationSettings, RuntimeSettings, write_random_blip
-    from smartbrush.pipeline.jobs import run_ingest
+    from smartbrush.pipeline.caption.blip import BlipCaptioner, GenerationSettings, RuntimeSettings, write_random_blip
+    from smartbrush.pipeline.commands.build import run_ingest
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_caption_")
     os.makedirs(work, exist_ok=True)

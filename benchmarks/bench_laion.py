@@ -80,7 +80,7 @@ def laion_parquet(path: str, base: str, rows: int) -> None:
 
 
 def run_ours(parquet: str, out: str, args) -> int:
-    from smartbrush.pipeline import laion
+    from smartbrush.pipeline.commands import laion
 
     manifest = laion.run(["--parquet", parquet, "--out", out, "--resolution", str(args.resolution),
                           "--samples-per-shard", str(args.samples_per_shard), "--processes", str(args.processes),
@@ -94,7 +94,7 @@ def run_direct(parquet: str, out: str, args) -> int:
 
     from img2dataset import download
 
-    from smartbrush.pipeline import laion
+    from smartbrush.pipeline.commands import laion
 
     ns = laion.build_parser().parse_args(
         ["--parquet", parquet, "--out", out, "--resolution", str(args.resolution), "--samples-per-shard",
@@ -113,7 +113,9 @@ def run_direct(parquet: str, out: str, args) -> int:
 def own_work_seconds(parquet: str, out: str, args) -> float:
     """The time `smartbrush laion` spends outside img2dataset, re-timed on a finished output: filtering
     into the download list, folding the shards, writing rejected.parquet and the manifest."""
-    from smartbrush.pipeline import laion, laion_filter, manifest
+    from smartbrush.pipeline.commands import laion
+    from smartbrush.pipeline.sources import laion_filter
+    from smartbrush.pipeline.storage import manifest
 
     t0 = time.perf_counter()
     n_in, n_kept, rejected = laion_filter.write_download_list(

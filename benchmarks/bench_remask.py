@@ -62,7 +62,7 @@ def scaled_coco(data_dir: str, work: str, scale: int) -> tuple[str, str]:
 
 
 def build_source(ann: str, images: str, out: str, cfg_flags: list[str]) -> float:
-    from smartbrush.pipeline.jobs import run_build
+    from smartbrush.pipeline.commands.build import run_build
 
     t = time.perf_counter()
     run_build(["--coco-annotations", ann, "--coco-images", images, "--out", out, *cfg_flags,
@@ -73,7 +73,7 @@ def build_source(ann: str, images: str, out: str, cfg_flags: list[str]) -> float
 # ---- per-element: the work of each job, one process, no Beam -------------------------------------
 
 def per_element_remask(src: str, out: str, schedule) -> int:
-    from smartbrush.pipeline.remask_shard import remask_shard
+    from smartbrush.pipeline.render.remask import remask_shard
 
     os.makedirs(out)
     n = 0
@@ -83,7 +83,7 @@ def per_element_remask(src: str, out: str, schedule) -> int:
 
 
 def per_element_copy(src: str, out: str, _schedule) -> int:
-    from smartbrush.pipeline.shards import read_shard, write_shard
+    from smartbrush.pipeline.storage.shards import read_shard, write_shard
 
     os.makedirs(out)
     n = 0
@@ -99,8 +99,8 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
     shards in key order (the instance table read is included)."""
     import pyarrow.parquet as pq
 
-    from smartbrush.pipeline.render import render_image
-    from smartbrush.pipeline.shards import shard_name, write_shard
+    from smartbrush.pipeline.render.per_image import render_image
+    from smartbrush.pipeline.storage.shards import shard_name, write_shard
 
     os.makedirs(out)
     rows = pq.read_table(os.path.join(src, "instances")).to_pylist()
@@ -119,9 +119,9 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_sample, over the source samples."""
-    from smartbrush.pipeline.ladder import render_ladder
-    from smartbrush.pipeline.remask_shard import parse_tar
-    from smartbrush.pipeline.samples import decode_mask_png, encode_mask_png
+    from smartbrush.pipeline.render.ladder import render_ladder
+    from smartbrush.pipeline.render.remask import parse_tar
+    from smartbrush.pipeline.render.samples import decode_mask_png, encode_mask_png
 
     t = time.perf_counter()
     samples = []
@@ -161,8 +161,8 @@ def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
     """The I/O floor as a Beam job shaped like remask: one work item per shard."""
     import apache_beam as beam
 
-    from smartbrush.pipeline.jobs import pipeline_options
-    from smartbrush.pipeline.shards import read_shard, write_shard
+    from smartbrush.pipeline.commands.build import pipeline_options
+    from smartbrush.pipeline.storage.shards import read_shard, write_shard
 
     names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])
     os.makedirs(out)
@@ -179,8 +179,8 @@ def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
 
 
 def beam_jobs(src: str, work: str, schedule_arg: str, cfg_flags: list[str], beam_args: list[str], tag: str):
-    from smartbrush.pipeline.jobs import run_shard
-    from smartbrush.pipeline.remask import run as run_remask
+    from smartbrush.pipeline.commands.build import run_shard
+    from smartbrush.pipeline.commands.remask import run as run_remask
 
     jobs = {
         "remask": lambda out: run_remask(["--shards", src, "--schedule", schedule_arg, "--out", out, *beam_args]),

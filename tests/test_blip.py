@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline import caption_job
-from smartbrush.pipeline.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
+from smartbrush.pipeline.commands import caption as caption_job
+from smartbrush.pipeline.caption.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
                                       attach_captions, clean_caption, degenerate_detail, normalise_batch,
                                       strip_prompt, write_random_blip)
-from smartbrush.pipeline.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.render import load_image
-from smartbrush.pipeline.verify import verify_shard_set
+from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
+from smartbrush.pipeline.render.per_image import load_image
+from smartbrush.pipeline.commands.verify import verify_shard_set
 from smartbrush.schemas import instance_table
 
 WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -325,7 +325,7 @@ def _check_model_captions(table, captioner, out_dir):
 
 
 def _ingest(annotations, images, out, extra=()):
-    from smartbrush.pipeline.jobs import run_ingest
+    from smartbrush.pipeline.commands.build import run_ingest
 
     run_ingest(["--coco-annotations", annotations, "--coco-images", images, "--out", out, *extra, *WORKERS],
                source="coco")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from smartbrush.pipeline.jobs import run_build
-from smartbrush.pipeline.manifest import read_manifest, read_rejected
-from smartbrush.pipeline.samples import decode_jpeg, sample_masks
-from smartbrush.pipeline.verify import verify_shard_set
+from smartbrush.pipeline.commands.build import run_build
+from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected
+from smartbrush.pipeline.render.samples import decode_jpeg, sample_masks
+from smartbrush.pipeline.commands.verify import verify_shard_set
 from tests.corpus_factory import hostile_coco, hostile_openimages
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ import webdataset as wds
 from PIL import Image
 from pycocotools.coco import COCO
 
-from smartbrush.pipeline.demo import sample_build_args  # noqa: F401  (import check of the demo module)
-from smartbrush.pipeline.jobs import run_build
-from smartbrush.pipeline.manifest import read_manifest, read_rejected
-from smartbrush.pipeline.masks import mask_box
-from smartbrush.pipeline.openimages import segmentation_rows_from_masks, write_segmentation_csv
-from smartbrush.pipeline.samples import decode_mask_png, sample_masks
-from smartbrush.pipeline.verify import verify_shard_set
+from smartbrush.pipeline.commands.demo import sample_build_args  # noqa: F401  (import check of the demo module)
+from smartbrush.pipeline.commands.build import run_build
+from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected
+from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
+from smartbrush.pipeline.render.samples import decode_mask_png, sample_masks
+from smartbrush.pipeline.commands.verify import verify_shard_set
 from tests.conftest import MULTI, shared_path
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_fidelity_exact_at_source_resolution(built):
     # The instance table's masks (the build's instances/ folder) equal pycocotools' own decoding.
     import pyarrow.parquet as pq
 
-    from smartbrush.pipeline.masks import rle_to_mask
+    from smartbrush.pipeline.render.masks import rle_to_mask
 
     coco = COCO(str(built["coco_dir"] / "annotations" / "instances_val2017.json"))
     rows = pq.read_table(str(built["out"] / "instances")).to_pylist()
@@ -126,7 +126,7 @@ def test_images_match_source_pixels(built):
     s = next(x for x in samples if json.loads(x["json"])["source"] == "coco")
     meta = json.loads(s["json"])
     src = cv2.cvtColor(cv2.imread(meta["image_path"]), cv2.COLOR_BGR2RGB)
-    from smartbrush.pipeline.crop import crop_image
+    from smartbrush.pipeline.render.crop import crop_image
 
     expected = crop_image(src, meta["crop_window_source_xyxy"], 512)
     got = np.asarray(Image.open(__import__("io").BytesIO(s["jpg"])).convert("RGB")).astype(int)

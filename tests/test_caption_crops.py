@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smartbrush.pipeline.caption_crops import (CropPolicy, caption_crop, caption_window, clip_box, cut_window,
+from smartbrush.pipeline.caption.crops import (CropPolicy, caption_crop, caption_window, clip_box, cut_window,
                                                image_crops)
 from smartbrush.pipeline.errors import RecordError
 

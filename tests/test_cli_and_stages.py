@@ -9,9 +9,9 @@ import zipfile
 import pytest
 
 from smartbrush.cli import VERBS, main
-from smartbrush.pipeline.jobs import run_build, run_ingest, run_shard
-from smartbrush.pipeline.manifest import read_manifest
-from smartbrush.pipeline.verify import main as verify_main
+from smartbrush.pipeline.commands.build import run_build, run_ingest, run_shard
+from smartbrush.pipeline.storage.manifest import read_manifest
+from smartbrush.pipeline.commands.verify import main as verify_main
 from tests.conftest import MULTI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def test_demo_builds_verifies_and_previews(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_stage_verbs_give_the_build_s_shards(tmp_path):
-    from smartbrush.pipeline.demo import sample_build_args
+    from smartbrush.pipeline.commands.demo import sample_build_args
 
     args = sample_build_args(str(tmp_path / "build"), str(tmp_path / "inputs"))
     run_build(args + ["--config", "small"] + MULTI)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from smartbrush.pipeline.crop import choose_crop_window, crop_image, crop_mask, extract_window
+from smartbrush.pipeline.render.crop import choose_crop_window, crop_image, crop_mask, extract_window
 
 
 def test_window_centred_on_box_with_context():

@@ -4,8 +4,8 @@ import pytest
 
 from smartbrush.config import load_schedule
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.ladder import blur_parameters, render_ladder
-from smartbrush.pipeline.masks import mask_box
+from smartbrush.pipeline.render.ladder import blur_parameters, render_ladder
+from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, from_dict
 
 

@@ -18,14 +18,14 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from smartbrush.pipeline import laion
-from smartbrush.pipeline.laion_filter import (Columns, LaionFilters, check_columns, check_row, common_metadata,
+from smartbrush.pipeline.commands import laion
+from smartbrush.pipeline.sources.laion_filter import (Columns, LaionFilters, check_columns, check_row, common_metadata,
                                               filter_table)
-from smartbrush.pipeline.laion_fold import error_class, fold_shard, fold_stats, scan_tar, unrecorded_rows
-from smartbrush.pipeline.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.samples import decode_jpeg
-from smartbrush.pipeline.shards import count_samples
-from smartbrush.pipeline.verify import verify_shard_set
+from smartbrush.pipeline.sources.laion_fold import error_class, fold_shard, fold_stats, scan_tar, unrecorded_rows
+from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
+from smartbrush.pipeline.render.samples import decode_jpeg
+from smartbrush.pipeline.storage.shards import count_samples
+from smartbrush.pipeline.commands.verify import verify_shard_set
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 LAION_SAMPLE = os.path.join(SHARED, "laion_urls_sample", "test_1000.parquet")
@@ -323,7 +323,7 @@ def _samples(out) -> list[dict]:
 
 
 def test_expand_inputs(tmp_path, monkeypatch):
-    from smartbrush.pipeline.laion_filter import expand_inputs
+    from smartbrush.pipeline.sources.laion_filter import expand_inputs
 
     for name in ("part-1.parquet", "part-0.parquet", "other.txt"):
         (tmp_path / name).write_bytes(b"")

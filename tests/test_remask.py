@@ -16,14 +16,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from smartbrush import config as config_mod  # noqa: E402
 from smartbrush.config import RenderConfig  # noqa: E402
-from smartbrush.pipeline.ladder import render_ladder  # noqa: E402
-from smartbrush.pipeline.manifest import read_rejected, reconciles  # noqa: E402
-from smartbrush.pipeline.masks import mask_box, mask_to_rle  # noqa: E402
-from smartbrush.pipeline.remask_shard import (SHARD_CORRUPT, SHARD_MISSING, readable_keys, remask_sample,  # noqa: E402
+from smartbrush.pipeline.render.ladder import render_ladder  # noqa: E402
+from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
+from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
+from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, readable_keys, remask_sample,  # noqa: E402
                                               remask_samples, remask_shard)
-from smartbrush.pipeline.samples import (decode_mask_png, encode_json, encode_mask_png, encode_masks,  # noqa: E402
+from smartbrush.pipeline.render.samples import (decode_mask_png, encode_json, encode_mask_png, encode_masks,  # noqa: E402
                                          render_sample, sample_masks)
-from smartbrush.pipeline.shards import read_shard, write_shard  # noqa: E402
+from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
 from smartbrush.schemas import shard_sample  # noqa: E402
 
 BEAM = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -194,14 +194,14 @@ def write_hand_made_coco(root) -> tuple[str, str]:
 
 
 def build(annotations, images, out, *extra):
-    from smartbrush.pipeline.jobs import run_build
+    from smartbrush.pipeline.commands.build import run_build
 
     run_build(["--coco-annotations", annotations, "--coco-images", images, "--out", str(out), "--config", "small",
                *extra, *BEAM])
 
 
 def remask(src, out, schedule):
-    from smartbrush.pipeline.remask import run
+    from smartbrush.pipeline.commands.remask import run
 
     return run(["--shards", str(src), "--schedule", schedule, "--out", str(out), *BEAM])
 
@@ -229,7 +229,7 @@ def manifest(directory) -> dict:
 def check_shard_set(directory):
     """The lead's `verify` when it exists; else every shard against its manifest entry."""
     try:
-        from smartbrush.pipeline.verify import verify_shard_set
+        from smartbrush.pipeline.commands.verify import verify_shard_set
     except ImportError:
         verify_shard_set = None
     if verify_shard_set is not None:
@@ -332,7 +332,7 @@ def test_resumed_run_ends_with_the_same_shards(hand_made):
 
 @pytest.mark.slow
 def test_portable_runner_gives_the_same_shards(hand_made):
-    from smartbrush.pipeline.remask import run
+    from smartbrush.pipeline.commands.remask import run
 
     root, _, _ = hand_made
     if not (root / "fine").exists():
@@ -370,7 +370,7 @@ def test_a_corrupt_shard_is_rejected_and_the_rest_written(hand_made):
 
 
 def test_missing_manifest_or_unknown_version_fails_before_the_pipeline(tmp_path):
-    from smartbrush.pipeline.remask import run
+    from smartbrush.pipeline.commands.remask import run
 
     src = tmp_path / "set"
     src.mkdir()
@@ -388,7 +388,7 @@ def test_missing_manifest_or_unknown_version_fails_before_the_pipeline(tmp_path)
 
 
 def test_unknown_schedule_and_same_folder_fail_clearly(hand_made):
-    from smartbrush.pipeline.remask import run
+    from smartbrush.pipeline.commands.remask import run
 
     root, _, _ = hand_made
     with pytest.raises(SystemExit, match="unknown schedules preset 'nope'"):

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from smartbrush.config import RenderConfig, load_schedule
-from smartbrush.pipeline import laion
-from smartbrush.pipeline.masks import mask_box, mask_to_rle
-from smartbrush.pipeline.samples import decode_jpeg, encode_jpeg, render_sample, sample_masks
-from smartbrush.pipeline.shards import write_shard
+from smartbrush.pipeline.commands import laion
+from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
+from smartbrush.pipeline.render.samples import decode_jpeg, encode_jpeg, render_sample, sample_masks
+from smartbrush.pipeline.storage.shards import write_shard
 from smartbrush.train.data import (INPAINTING, TEXT_TO_IMAGE, Mix, fit, make_dataset, mix, sample_task,
                                    training_sample)
 

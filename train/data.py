@@ -22,7 +22,7 @@ import webdataset as wds
 from webdataset.pytorch import IterableDataset  # torch's when installed, else a stub
 from webdataset.utils import pytorch_worker_info
 
-from smartbrush.pipeline.samples import decode_jpeg, decode_mask_png, sample_meta
+from smartbrush.pipeline.render.samples import decode_jpeg, decode_mask_png, sample_meta
 
 INPAINTING = "inpainting"
 TEXT_TO_IMAGE = "text_to_image"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.images import decode_image
-from smartbrush.pipeline.samples import render_sample
+from smartbrush.pipeline.render.images import decode_image
+from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
 
 

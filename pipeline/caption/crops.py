@@ -12,8 +12,8 @@ from PIL import Image
 
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.masks import Box
-from smartbrush.pipeline.render import load_image
+from smartbrush.pipeline.render.masks import Box
+from smartbrush.pipeline.render.per_image import load_image
 
 BICUBIC = 3  # PIL's (and BlipImageProcessor's) resample code
 

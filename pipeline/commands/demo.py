@@ -7,13 +7,13 @@ import argparse
 import os
 from importlib import resources
 
-from smartbrush.pipeline.jobs import run_build
-from smartbrush.pipeline.masks import rle_to_mask  # noqa: F401  (keeps pycocotools import errors early)
-from smartbrush.pipeline.openimages import segmentation_rows_from_masks, write_segmentation_csv
-from smartbrush.pipeline.preview import contact_sheet
-from smartbrush.pipeline.samples import decode_mask_png
-from smartbrush.pipeline.stats import format_stats, shard_set_stats
-from smartbrush.pipeline.verify import verify_shard_set
+from smartbrush.pipeline.commands.build import run_build
+from smartbrush.pipeline.render.masks import rle_to_mask  # noqa: F401  (keeps pycocotools import errors early)
+from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
+from smartbrush.pipeline.commands.preview import contact_sheet
+from smartbrush.pipeline.render.samples import decode_mask_png
+from smartbrush.pipeline.commands.stats import format_stats, shard_set_stats
+from smartbrush.pipeline.commands.verify import verify_shard_set
 
 
 def sample_data_dir() -> str:

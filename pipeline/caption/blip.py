@@ -19,10 +19,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from smartbrush.pipeline.caption_crops import CropPolicy, caption_crop
-from smartbrush.pipeline.captioners import Captioner, add_caption, caption_record
+from smartbrush.pipeline.caption.crops import CropPolicy, caption_crop
+from smartbrush.pipeline.caption.captioners import Captioner, add_caption, caption_record
 from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.masks import rle_to_mask
+from smartbrush.pipeline.render.masks import rle_to_mask
 
 log = logging.getLogger("smartbrush.caption")
 

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from smartbrush.pipeline.masks import Box
+from smartbrush.pipeline.render.masks import Box
 
 
 def _place(lo: int, hi: int, side: int, dim: int) -> int:

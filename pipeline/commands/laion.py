@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import yaml
 
-from smartbrush.pipeline import fileio
-from smartbrush.pipeline.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
                                               check_columns, expand_inputs, read_schema_names,
                                               write_download_list)
-from smartbrush.pipeline.laion_fold import fold_shard, fold_stats, scan_tar, shard_stem, unrecorded_rows
-from smartbrush.pipeline.manifest import counts, input_file_entry, make_manifest, write_rejected_and_manifest
-from smartbrush.pipeline.shards import shard_info
+from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, scan_tar, shard_stem, unrecorded_rows
+from smartbrush.pipeline.storage.manifest import counts, input_file_entry, make_manifest, write_rejected_and_manifest
+from smartbrush.pipeline.storage.shards import shard_info
 from smartbrush.schemas import manifest as manifest_schema
 
 log = logging.getLogger("smartbrush")

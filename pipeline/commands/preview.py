@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartbrush.pipeline.samples import sample_masks
-from smartbrush.pipeline.shard_reader import iter_samples
+from smartbrush.pipeline.render.samples import sample_masks
+from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 CELL = 160
 HEADER = 28

@@ -9,7 +9,7 @@ import tarfile
 
 import webdataset as wds
 
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 
 # Fixed member metadata so that equal samples give byte-identical tars.
 _TAR_OPTIONS = {"user": "smartbrush", "group": "smartbrush", "mode": 0o644, "mtime": 0.0}

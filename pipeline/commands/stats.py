@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from smartbrush.pipeline.manifest import read_manifest
-from smartbrush.pipeline.samples import sample_masks, sample_meta
-from smartbrush.pipeline.shard_reader import iter_samples
+from smartbrush.pipeline.storage.manifest import read_manifest
+from smartbrush.pipeline.render.samples import sample_masks, sample_meta
+from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 
 def _percentiles(values: list[float]) -> dict:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.masks import mask_box
+from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
 
 # Blur at 1/f resolution with f = floor(sigma / MIN_REDUCED_SIGMA) once sigma exceeds this.

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import rejection
 from smartbrush.schemas import rejected as rejected_schema
 

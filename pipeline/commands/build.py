@@ -12,9 +12,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.runner import PipelineResult
 
 from smartbrush import config as config_mod
-from smartbrush.pipeline import coco, fileio, openimages
-from smartbrush.pipeline.manifest import input_file_entry
-from smartbrush.pipeline.transforms import (INPUTS, REJECTED, IngestCoco, IngestOpenImages,
+from smartbrush.pipeline.sources import coco
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.sources import openimages
+from smartbrush.pipeline.storage.manifest import input_file_entry
+from smartbrush.pipeline.transforms.core import (INPUTS, REJECTED, IngestCoco, IngestOpenImages,
                                             RenderImageSamples, WriteShards, finalize)
 from smartbrush.schemas import instance_table
 from smartbrush.schemas import manifest as manifest_schema
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "instance table (instances/).")
     add_source_flags(parser)
     parser.add_argument("--out", required=True, help="output folder (any Beam path)")
-    from smartbrush.pipeline.caption_job import add_captioner_flags
+    from smartbrush.pipeline.commands.caption import add_captioner_flags
 
     add_captioner_flags(parser, default=None)  # None: the config decides
     add_config_flags(parser)
@@ -183,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_build(argv: list[str] | None = None) -> PipelineResult:
     args, beam_args = build_parser().parse_known_args(argv)
-    from smartbrush.pipeline.caption_job import CaptionRowLists, captioner_from_args, describe_captioner
-    from smartbrush.pipeline.captioners import LabelCaptioner
+    from smartbrush.pipeline.commands.caption import CaptionRowLists, captioner_from_args, describe_captioner
+    from smartbrush.pipeline.caption.captioners import LabelCaptioner
 
     cfg = resolve_config(args)
     schedule = config_mod.load_schedule(cfg.schedule)

@@ -9,9 +9,9 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from smartbrush.pipeline import fileio
-from smartbrush.pipeline.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.shards import count_samples
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
+from smartbrush.pipeline.storage.shards import count_samples
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
 

@@ -16,16 +16,16 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.runners.runner import PipelineResult
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline import fileio
-from smartbrush.pipeline.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.caption.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
                                       attach_captions)
-from smartbrush.pipeline.caption_crops import CropPolicy, image_crops
-from smartbrush.pipeline.captioners import Captioner, LabelCaptioner, add_caption
+from smartbrush.pipeline.caption.crops import CropPolicy, image_crops
+from smartbrush.pipeline.caption.captioners import Captioner, LabelCaptioner, add_caption
 from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.jobs import BEAM_FLAGS_HELP, pipeline_options, read_instance_table, write_instance_table
-from smartbrush.pipeline.manifest import (counts, input_file_entry, make_manifest, read_manifest, read_rejected,
+from smartbrush.pipeline.commands.build import BEAM_FLAGS_HELP, pipeline_options, read_instance_table, write_instance_table
+from smartbrush.pipeline.storage.manifest import (counts, input_file_entry, make_manifest, read_manifest, read_rejected,
                                           rejected_table_bytes, write_rejected_and_manifest)
-from smartbrush.pipeline.transforms import REJECTED
+from smartbrush.pipeline.transforms.core import REJECTED
 from smartbrush.schemas import instance_table
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from smartbrush.pipeline import fileio
-from smartbrush.pipeline.manifest import read_manifest
-from smartbrush.pipeline.shards import read_shard
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.storage.manifest import read_manifest
+from smartbrush.pipeline.storage.shards import read_shard
 
 
 def iter_samples(out_dir: str, limit: int | None = None) -> Iterator[dict]:

@@ -7,9 +7,9 @@ import re
 import tarfile
 from collections import Counter
 
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.laion_filter import SOURCE, SOURCE_FILE, SOURCE_ROW, STAGE, record_id
+from smartbrush.pipeline.sources.laion_filter import SOURCE, SOURCE_FILE, SOURCE_ROW, STAGE, record_id
 
 OOM_SHARD_COUNT = 5  # img2dataset's shard names: 00000.tar, 00000.parquet, 00000_stats.json
 
@@ -108,7 +108,7 @@ class _HashingReader:
 
 
 def scan_tar(path: str) -> tuple[int, str, set[str]]:
-    """(bytes, sha256, sample keys) of a tar in one read. Keys as smartbrush.pipeline.shards counts them."""
+    """(bytes, sha256, sample keys) of a tar in one read. Keys as smartbrush.pipeline.storage.shards counts them."""
     keys = set()
     with fileio.open_read(path) as raw:
         stream = _HashingReader(raw)

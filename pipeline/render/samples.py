@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline.crop import choose_crop_window, crop_image, crop_mask
+from smartbrush.pipeline.render.crop import choose_crop_window, crop_image, crop_mask
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.ladder import render_ladder
-from smartbrush.pipeline.masks import mask_box, rle_to_mask
+from smartbrush.pipeline.render.ladder import render_ladder
+from smartbrush.pipeline.render.masks import mask_box, rle_to_mask
 from smartbrush.schemas import shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
 
@@ -101,3 +101,11 @@ def sample_meta(sample: dict) -> dict:
 def sample_masks(sample: dict) -> list[np.ndarray]:
     """The mask ladder of a raw (undecoded) sample, index = precision level."""
     return [decode_mask_png(sample[k]) for k in sample_meta(sample)["mask_keys"]]
+
+
+def sample_mask(sample: dict, level: int) -> np.ndarray:
+    """The mask at precision level `level` of a raw (undecoded) sample."""
+    keys = sample_meta(sample)["mask_keys"]
+    if not 0 <= level < len(keys):
+        raise ValueError(f"sample {sample.get('__key__')}: level {level} outside 0..{len(keys) - 1}")
+    return decode_mask_png(sample[keys[level]])

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smartbrush import __version__
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
 

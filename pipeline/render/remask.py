@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import webdataset as wds
 
-from smartbrush.pipeline import fileio
+from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.ladder import render_ladder
-from smartbrush.pipeline.samples import decode_mask_png, encode_json, encode_mask_png
-from smartbrush.pipeline.shards import shard_info, write_shard
+from smartbrush.pipeline.render.ladder import render_ladder
+from smartbrush.pipeline.render.samples import decode_mask_png, encode_json, encode_mask_png
+from smartbrush.pipeline.storage.shards import shard_info, write_shard
 from smartbrush.schemas import shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
 

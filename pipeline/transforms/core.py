@@ -7,12 +7,14 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from smartbrush.config import BuildConfig, FilterConfig, RenderConfig
-from smartbrush.pipeline import coco, fileio, openimages
+from smartbrush.pipeline.sources import coco
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.sources import openimages
 from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.manifest import (counts, make_manifest, read_manifest, read_rejected,
+from smartbrush.pipeline.storage.manifest import (counts, make_manifest, read_manifest, read_rejected,
                                           write_rejected_and_manifest)
-from smartbrush.pipeline.render import render_image
-from smartbrush.pipeline.shards import shard_index, shard_name, write_shard
+from smartbrush.pipeline.render.per_image import render_image
+from smartbrush.pipeline.storage.shards import shard_index, shard_name, write_shard
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas.mask_schedule import MaskSchedule
 

@@ -1,0 +1,1 @@
+"""Captioners (label, BLIP) and their crops (no Beam except the RunInference handler)."""

@@ -1,0 +1,1 @@
+"""The CLI verbs (`smartbrush <verb>`): argument parsing, job wiring, finalize."""

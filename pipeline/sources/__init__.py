@@ -1,0 +1,1 @@
+"""Input readers: COCO, OpenImages and LAION records to instance rows (no Beam)."""

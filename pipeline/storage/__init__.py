@@ -1,0 +1,1 @@
+"""Files, shards, manifests and rejected tables: what lands on disk and how it is read back."""

@@ -1,0 +1,1 @@
+"""Thin Beam DoFns and PTransforms over the per-element functions."""
