@@ -161,7 +161,7 @@ def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
     """The I/O floor as a Beam job shaped like remask: one work item per shard."""
     import apache_beam as beam
 
-    from smartbrush.pipeline.commands.build import pipeline_options
+    from smartbrush.pipeline.commands.common import pipeline_options
     from smartbrush.pipeline.storage.shards import read_shard, write_shard
 
     names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])

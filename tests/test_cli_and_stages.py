@@ -84,7 +84,7 @@ def test_wheel_holds_only_the_smartbrush_package(tmp_path):
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     outside = [n for n in names if not (n.startswith("smartbrush/") or n.startswith("smartbrush-0.1.0.dist-info/"))]
     assert outside == []
-    for expected in ("smartbrush/pipeline/jobs.py", "smartbrush/schemas/manifest.py", "smartbrush/model/__init__.py",
+    for expected in ("smartbrush/pipeline/commands/build.py", "smartbrush/pipeline/transforms/shards.py", "smartbrush/schemas/manifest.py", "smartbrush/model/__init__.py",
                      "smartbrush/presets/schedules/smartbrush.yaml", "smartbrush/sample_data/instances_sample.json",
                      "smartbrush/sample_data/openimages/masks/00b4bda029a7aeda_m0pg52_bf988231.png"):
         assert expected in names

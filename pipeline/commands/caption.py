@@ -1,5 +1,5 @@
 """`smartbrush caption`: add captions to an instance table (label, or BLIP on local object crops
-through Beam RunInference). `CaptionRowLists` is the same stage for `smartbrush build`."""
+through Beam RunInference). The stage itself is transforms.caption.CaptionRowLists."""
 
 from __future__ import annotations
 
@@ -8,186 +8,30 @@ import logging
 import os
 
 import apache_beam as beam
-from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.runners.runner import PipelineResult
 
-from smartbrush.config import RenderConfig
+from smartbrush.pipeline.caption.blip import BlipCaptioner
+from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_flags, captioner_from_args,
+                                                 describe_captioner, pipeline_options)
 from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.caption.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
-                                      attach_captions)
-from smartbrush.pipeline.caption.crops import CropPolicy, image_crops
-from smartbrush.pipeline.caption.captioners import Captioner, LabelCaptioner, add_caption
-from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.commands.build import BEAM_FLAGS_HELP, pipeline_options, read_instance_table, write_instance_table
-from smartbrush.pipeline.storage.manifest import (counts, input_file_entry, make_manifest, read_manifest, read_rejected,
-                                          rejected_table_bytes, write_rejected_and_manifest)
-from smartbrush.pipeline.transforms.core import REJECTED
+from smartbrush.pipeline.storage.manifest import (finalize_set, input_file_entry, read_manifest, read_rejected,
+                                                  rejected_table_bytes)
+from smartbrush.pipeline.transforms.caption import DROPPED, REJECTED, CaptionRowLists
+from smartbrush.pipeline.transforms.table import read_instance_table, write_instance_table
 from smartbrush.schemas import instance_table
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
 
 log = logging.getLogger("smartbrush.caption")
 
-DROPPED = "dropped"  # captions dropped (degenerate); their rows stay in the table
 DROPPED_FILE = "captions_dropped.parquet"
-_KEYED_ROWS = "keyed_rows"
-
-
-def image_key(rows: list[dict]) -> str:
-    """Joins an image's rows with its captions: the smallest instance_id (unique, unlike paths)."""
-    return min(r["instance_id"] for r in rows)
 
 
 def has_caption_by(row: dict, record: dict) -> bool:
     return any((c["model"], c["revision"], c["settings"]) == (record["model"], record["revision"], record["settings"])
                for c in row.get("captions") or [])
-
-
-class CaptionWithoutImages(beam.DoFn):
-    """Captioners that need no pixels (label): one pass over each row list."""
-
-    def __init__(self, captioner: Captioner, stage: str):
-        self.captioner, self.stage = captioner, stage
-        self.added = Metrics.counter("caption", "captions_added")
-        self.dropped = Metrics.counter("caption", "captions_degenerate")
-
-    def process(self, rows: list[dict]):
-        out = []
-        for row, record in zip(rows, self.captioner.caption_rows(rows)):
-            if record is None:
-                self.dropped.inc()
-                yield pvalue.TaggedOutput(DROPPED, rejection(row["instance_id"], row["source"], self.stage,
-                                                             "caption_degenerate", "", row["image_path"]))
-                out.append(row)
-            else:
-                self.added.inc()
-                out.append(add_caption(row, record))
-        yield out
-
-
-class MakeCaptionCrops(beam.DoFn):
-    """Decodes each source image once and emits ((image key, instance_id), crop) per instance, the
-    rows that got a crop keyed by image, and rejections for those that did not."""
-
-    def __init__(self, captioner: BlipCaptioner, render: RenderConfig, stage: str):
-        self.captioner, self.render, self.stage = captioner, render, stage
-        self.images = Metrics.counter("caption", "images")
-        self.crops = Metrics.counter("caption", "crops")
-        self.failed = Metrics.counter("caption", "crops_rejected")
-
-    def process(self, rows: list[dict]):
-        crops, kept, rejected = image_crops(rows, self.captioner.crop_input, self.render, self.stage)
-        self.images.inc()
-        self.crops.inc(len(crops))
-        self.failed.inc(len(rejected))
-        for r in rejected:
-            yield pvalue.TaggedOutput(REJECTED, r)
-        if kept:
-            key = image_key(kept)
-            yield pvalue.TaggedOutput(_KEYED_ROWS, (key, kept))
-            for instance_id, crop in crops:
-                yield (key, instance_id), crop
-
-
-class AttachCaptions(beam.DoFn):
-    def __init__(self, captioner: BlipCaptioner, stage: str):
-        self.captioner, self.stage = captioner, stage
-        self.added = Metrics.counter("caption", "captions_added")
-        self.degenerate = Metrics.counter("caption", "captions_degenerate")
-
-    def process(self, element):
-        _, grouped = element
-        row_lists, texts = list(grouped["rows"]), dict(grouped["texts"])
-        for rows in row_lists:
-            out, dropped = attach_captions(rows, texts, self.captioner, self.stage)
-            self.added.inc(len(out) - len(dropped))
-            self.degenerate.inc(len(dropped))
-            for d in dropped:
-                yield pvalue.TaggedOutput(DROPPED, d)
-            yield out
-
-
-class CaptionRowLists(beam.PTransform):
-    """Per-image row lists -> per-image row lists with the captioner's caption added to each row.
-
-    Returns a dict: "rows"; REJECTED, rows whose image or crop could not be made (left out of
-    "rows"); DROPPED, captions dropped as degenerate (those rows stay in "rows", other captions kept).
-    Model captioners run on RunInference, which batches crops across images."""
-
-    def __init__(self, captioner: Captioner, render: RenderConfig | None = None, stage: str = "caption"):
-        super().__init__()
-        self.captioner, self.render, self.stage = captioner, render or RenderConfig(), stage
-
-    def expand(self, rows):
-        if not self.captioner.needs_image:
-            out = rows | "Label" >> beam.ParDo(CaptionWithoutImages(self.captioner, self.stage)).with_outputs(
-                DROPPED, main="rows")
-            empty = rows.pipeline | "NoRejections" >> beam.Create([])
-            return {"rows": out.rows, REJECTED: empty, DROPPED: out[DROPPED]}
-        cropped = rows | "Crops" >> beam.ParDo(MakeCaptionCrops(self.captioner, self.render, self.stage)).with_outputs(
-            _KEYED_ROWS, REJECTED, main="crops")
-        texts = (cropped.crops
-                 | "Model" >> RunInference(KeyedModelHandler(self.captioner.model_handler()))
-                 | "ByImage" >> beam.MapTuple(lambda key, text: (key[0], (key[1], text))))
-        attached = ({"rows": cropped[_KEYED_ROWS], "texts": texts} | "Join" >> beam.CoGroupByKey()
-                    | "Attach" >> beam.ParDo(AttachCaptions(self.captioner, self.stage)).with_outputs(
-                        DROPPED, main="rows"))
-        return {"rows": attached.rows, REJECTED: cropped[REJECTED], DROPPED: attached[DROPPED]}
-
-
-def add_captioner_flags(parser: argparse.ArgumentParser, default: str | None = "label") -> None:
-    """The captioner flags; `smartbrush build` passes default=None so that its config decides."""
-    g = parser.add_argument_group("captioner")
-    g.add_argument("--captioner", default=default, choices=["label", "blip"],
-                   help="label: the class name; blip: a BLIP/BLIP-2 caption of each object's crop "
-                        f"(default: {default or 'from the config'})")
-    g.add_argument("--model", help="BLIP checkpoint: a local directory, or a hub id (downloads it; needs "
-                                   "HF_HUB_OFFLINE=0)")
-    g.add_argument("--revision", help="hub revision (branch, tag or commit) for a hub id")
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="auto: bfloat16 on cuda, float32 on cpu")
-    g.add_argument("--num-beams", type=int, default=1, help="1: greedy search; more: beam search")
-    g.add_argument("--max-new-tokens", type=int, default=20)
-    g.add_argument("--prompt", default="", help='text the caption starts with, e.g. "a picture of"; stripped')
-    g.add_argument("--min-batch-size", type=int, default=32, help="RunInference batch bounds")
-    g.add_argument("--max-batch-size", type=int, default=32)
-    g.add_argument("--share-model", action="store_true",
-                   help="one model per machine shared by all worker processes (large checkpoints)")
-    g.add_argument("--cpu-threads", type=int, default=RuntimeSettings.cpu_threads,
-                   help="torch threads per worker process on CPU (0: torch's default, all cores)")
-    g.add_argument("--crop-margin", type=float, default=CropPolicy.margin,
-                   help="added on each side of the box, as a fraction of its longer side")
-    g.add_argument("--crop-min-side", type=int, default=CropPolicy.min_side, help="minimum crop side, source pixels")
-    g.add_argument("--grey-background", action="store_true", help="grey out pixels outside the object's mask")
-
-
-def captioner_from_args(args: argparse.Namespace) -> Captioner:
-    """The captioner the flags describe; SystemExit with the reason when the model cannot work."""
-    if args.captioner in (None, "label"):
-        return LabelCaptioner()
-    if not args.model:
-        raise SystemExit("--captioner blip needs --model PATH_OR_ID")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
-    try:
-        return BlipCaptioner.from_pretrained(
-            args.model, revision=args.revision,
-            generation=GenerationSettings(args.num_beams, args.max_new_tokens, args.prompt, dtype),
-            runtime=RuntimeSettings(args.device, args.min_batch_size, args.max_batch_size, args.share_model,
-                                    args.cpu_threads),
-            crop=CropPolicy(args.crop_margin, args.crop_min_side, args.grey_background))
-    except CaptionerConfigError as e:
-        raise SystemExit(f"smartbrush: {e}") from None
-
-
-def describe_captioner(captioner: Captioner) -> dict:
-    if isinstance(captioner, BlipCaptioner):
-        return captioner.describe()
-    return {"captioner": captioner.name, "model": captioner.name, "revision": "", "settings": {}}
 
 
 def caption_parser() -> argparse.ArgumentParser:
@@ -245,11 +89,8 @@ class FinalizeCaptionTable(beam.DoFn):
                    "captions_added": sum(a for _, a in row_counts),
                    "captions_dropped": dict(sorted(by_reason.items())),
                    "dropped_file": {"name": DROPPED_FILE, "rows": len(dropped), "bytes": nbytes, "sha256": sha}}
-        c = counts(n_inputs, written, rejected)
-        yield write_rejected_and_manifest(
-            self.out_dir, rejected,
-            lambda rej: make_manifest(manifest_schema.KIND_INSTANCE_TABLE, self.config, None, self.input_files, c,
-                                      [], rej, lineage))
+        yield finalize_set(self.out_dir, manifest_schema.KIND_INSTANCE_TABLE, self.config, None, self.input_files,
+                           n_inputs, [{"samples": written}], rejected, lineage)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:

@@ -20,7 +20,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from smartbrush import config as config_mod
 from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.commands.build import BEAM_FLAGS_HELP, pipeline_options, prepare_output
+from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
 from smartbrush.pipeline.storage.manifest import counts, make_manifest, read_rejected, reconciles, write_rejected_and_manifest
 from smartbrush.pipeline.render.remask import remask_shard
 from smartbrush.schemas import manifest as manifest_schema

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
@@ -10,17 +14,27 @@ from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
 
 
-def load_image(path: str, expected_size: tuple[int, int], render: RenderConfig):
-    """Decoded RGB array in the annotation's frame; raises RecordError for a missing or bad file."""
+def read_image_bytes(path: str) -> bytes:
+    """A source image file's bytes; raises RecordError for a missing or unreadable file."""
     try:
-        data = fileio.read_bytes(path)
+        return fileio.read_bytes(path)
     except FileNotFoundError:
         raise RecordError("image_missing", path) from None
     except OSError as e:
         if not fileio.exists(path):
             raise RecordError("image_missing", path) from None
         raise RecordError("image_unreadable", f"{type(e).__name__}: {e}") from None
-    return decode_image(data, expected_size, render.exif, render.max_image_pixels)
+
+
+def load_image_and_hash(path: str, expected_size: tuple[int, int], render: RenderConfig) -> tuple[np.ndarray, str]:
+    """Decoded RGB array in the annotation's frame and the sha256 of the file's bytes."""
+    data = read_image_bytes(path)
+    return decode_image(data, expected_size, render.exif, render.max_image_pixels), hashlib.sha256(data).hexdigest()
+
+
+def load_image(path: str, expected_size: tuple[int, int], render: RenderConfig) -> np.ndarray:
+    """Decoded RGB array in the annotation's frame; raises RecordError for a missing or bad file."""
+    return load_image_and_hash(path, expected_size, render)[0]
 
 
 def render_image(rows: list[dict], schedule: MaskSchedule, render: RenderConfig,

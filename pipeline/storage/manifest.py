@@ -92,3 +92,23 @@ def read_manifest(out_dir: str) -> dict:
 def input_file_entry(path: str) -> dict:
     nbytes, sha = fileio.sha256_file(path)
     return {"path": path, "bytes": nbytes, "sha256": sha}
+
+
+class ReconciliationError(RuntimeError):
+    """inputs != written + rejected + filtered: a record was lost or counted twice."""
+
+
+def finalize_set(out_dir: str, kind: str, config: dict, schedule: dict | None, input_files: list[dict],
+                 n_inputs: int, shards: list[dict], rejected_rows: list[dict], lineage: dict | None = None) -> dict:
+    """Check that the counts reconcile, then write rejected.parquet and manifest.json (last: its
+    presence marks a finished set). Every job's finalize goes through here."""
+    written = sum(s["samples"] for s in shards)
+    c = counts(n_inputs, written, rejected_rows)
+    if not reconciles(c):
+        raise ReconciliationError(
+            f"{out_dir}: counts do not reconcile: inputs {c['inputs']} != written {c['written']} + rejected "
+            f"{sum(c['rejected'].values())} {c['rejected']} + filtered {sum(c['filtered'].values())} "
+            f"{c['filtered']}; no manifest written")
+    listed = [] if kind == manifest_schema.KIND_INSTANCE_TABLE else list(shards)
+    return write_rejected_and_manifest(
+        out_dir, rejected_rows, lambda rej: make_manifest(kind, config, schedule, input_files, c, listed, rej, lineage))

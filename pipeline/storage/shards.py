@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import tarfile
@@ -19,21 +18,20 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def shard_index(key: str, sorted_keys: list[str], samples_per_shard: int) -> int:
-    """Shard of `key`: its rank among all written keys, in blocks of samples_per_shard. The result
-    depends only on the set of keys, never on workers or bundles."""
-    rank = bisect.bisect_left(sorted_keys, key)
-    if rank >= len(sorted_keys) or sorted_keys[rank] != key:
-        raise KeyError(key)
-    return rank // samples_per_shard
-
-
 def write_tar(stream, samples: list[tuple[str, dict]]) -> None:
     """Samples sorted by key; members of a sample in sorted extension order (webdataset's own)."""
+    write_tar_stream(stream, sorted(samples, key=lambda kv: kv[0]))
+
+
+def write_tar_stream(stream, samples) -> int:
+    """Write (key, sample) pairs as they come, holding none of them; returns how many were written."""
     writer = wds.TarWriter(stream, encoder=False, **_TAR_OPTIONS)
-    for key, sample in sorted(samples, key=lambda kv: kv[0]):
+    n = 0
+    for key, sample in samples:
         writer.write({"__key__": key, **sample})
+        n += 1
     writer.close()
+    return n
 
 
 def shard_info(name: str, samples: int, nbytes: int, sha256: str) -> dict:

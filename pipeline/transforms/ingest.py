@@ -1,4 +1,4 @@
-"""Beam DoFns and PTransforms for the corpus build: thin wrappers over the per-element functions."""
+"""Beam transforms of the ingest stage: annotation files to per-image instance row lists."""
 
 from __future__ import annotations
 
@@ -6,17 +6,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from smartbrush.config import BuildConfig, FilterConfig, RenderConfig
-from smartbrush.pipeline.sources import coco
-from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.sources import openimages
+from smartbrush.config import FilterConfig
 from smartbrush.pipeline.errors import rejection
-from smartbrush.pipeline.storage.manifest import (counts, make_manifest, read_manifest, read_rejected,
-                                          write_rejected_and_manifest)
-from smartbrush.pipeline.render.per_image import render_image
-from smartbrush.pipeline.storage.shards import shard_index, shard_name, write_shard
-from smartbrush.schemas import manifest as manifest_schema
-from smartbrush.schemas.mask_schedule import MaskSchedule
+from smartbrush.pipeline.sources import coco, openimages
 
 REJECTED = "rejected"
 INPUTS = "inputs"
@@ -132,97 +124,3 @@ class IngestOpenImages(beam.PTransform):
                     .with_outputs(REJECTED, main="rows"))
         rejected = (keyed[REJECTED], ingested[REJECTED]) | "AllRejected" >> beam.Flatten()
         return {"rows": ingested.rows, REJECTED: rejected, INPUTS: inputs}
-
-
-class RenderImageSamples(beam.DoFn):
-    """Decodes each source image once and renders all its instances' samples."""
-
-    def __init__(self, schedule: MaskSchedule, render: RenderConfig, stage: str = "shard"):
-        self.schedule, self.render, self.stage = schedule, render, stage
-        self.images = Metrics.counter("render", "images")
-        self.samples = Metrics.counter("render", "samples")
-        self.failed = Metrics.counter("render", "rejected")
-
-    def process(self, rows: list[dict]):
-        samples, rejected = render_image(rows, self.schedule, self.render, self.stage)
-        self.images.inc()
-        self.samples.inc(len(samples))
-        self.failed.inc(len(rejected))
-        for r in rejected:
-            yield pvalue.TaggedOutput(REJECTED, r)
-        yield from samples
-
-
-class WriteShardDoFn(beam.DoFn):
-    def __init__(self, out_dir: str, prefix: str):
-        self.out_dir, self.prefix = out_dir, prefix
-        self.written = Metrics.counter("shard", "shards_written")
-        self.kept = Metrics.counter("shard", "shards_already_complete")
-
-    def process(self, element):
-        index, samples = element
-        info, written = write_shard(self.out_dir, shard_name(self.prefix, index), list(samples))
-        (self.written if written else self.kept).inc()
-        yield info
-
-
-def _assign(kv, sorted_keys, samples_per_shard):
-    return shard_index(kv[0], sorted_keys, samples_per_shard), kv
-
-
-class WriteShards(beam.PTransform):
-    """(key, sample) pairs -> shards of exactly samples_per_shard samples in key order (the last
-    one shorter), so the shard set depends only on the samples. Emits one info dict per shard."""
-
-    def __init__(self, out_dir: str, prefix: str, samples_per_shard: int):
-        super().__init__()
-        self.out_dir, self.prefix, self.samples_per_shard = out_dir, prefix, samples_per_shard
-
-    def expand(self, samples):
-        sorted_keys = (samples | "Keys" >> beam.Keys() | "AllKeys" >> beam.combiners.ToList()
-                       | "Sort" >> beam.Map(sorted))
-        return (samples
-                | "Assign" >> beam.Map(_assign, beam.pvalue.AsSingleton(sorted_keys), self.samples_per_shard)
-                | "GroupByShard" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(WriteShardDoFn(self.out_dir, self.prefix)))
-
-
-class FinalizeShardSet(beam.DoFn):
-    """Writes rejected.parquet and manifest.json once every shard is written (side inputs)."""
-
-    def __init__(self, out_dir: str, kind: str, config: dict, schedule: dict | None, input_files: list[dict],
-                 upstream_dir: str | None = None, lineage: dict | None = None):
-        self.out_dir, self.kind, self.config, self.schedule = out_dir, kind, config, schedule
-        self.input_files, self.upstream_dir, self.lineage = input_files, upstream_dir, lineage
-
-    def process(self, _, shards, rejected, inputs):
-        rejected = list(rejected)
-        n_inputs = sum(n for _, n in inputs)
-        if self.upstream_dir:
-            # A stage reading an earlier stage's output carries its rejections and input count.
-            upstream = read_manifest(self.upstream_dir)
-            rejected += read_rejected(self.upstream_dir)
-            n_inputs = upstream["counts"]["inputs"]
-        written = sum(s["samples"] for s in shards)
-        if self.kind == manifest_schema.KIND_INSTANCE_TABLE:
-            shards = []  # table files are not content-addressed; the count is what matters
-        c = counts(n_inputs, written, rejected)
-        manifest = write_rejected_and_manifest(
-            self.out_dir, rejected,
-            lambda rej: make_manifest(self.kind, self.config, self.schedule, self.input_files, c, list(shards),
-                                      rej, self.lineage))
-        yield manifest
-
-
-def finalize(pbegin_or_p, out_dir: str, kind: str, config: BuildConfig | dict, schedule: dict | None,
-             input_files: list[dict], shards, rejected, inputs, upstream_dir: str | None = None,
-             lineage: dict | None = None):
-    cfg = config.to_dict() if isinstance(config, BuildConfig) else config
-    return (pbegin_or_p | "FinalizeTrigger" >> beam.Create([None])
-            | "Finalize" >> beam.ParDo(FinalizeShardSet(out_dir, kind, cfg, schedule, input_files, upstream_dir, lineage),
-                                       shards=beam.pvalue.AsList(shards), rejected=beam.pvalue.AsList(rejected),
-                                       inputs=beam.pvalue.AsList(inputs)))
-
-
-__all__ = ["IngestCoco", "IngestOpenImages", "RenderImageSamples", "WriteShards", "finalize",
-           "REJECTED", "INPUTS", "manifest_schema", "fileio"]
