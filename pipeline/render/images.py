@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from smartbrush.pipeline.errors import RecordError
+from smartbrush.pipeline.storage import fileio
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -47,6 +48,22 @@ def _open(data: bytes) -> Image.Image:
 def read_header(data: bytes) -> ImageHeader:
     with _open(data) as im:
         return ImageHeader(im.width, im.height, _orientation(im), im.mode)
+
+
+HEADER_PREFIX = 1 << 16
+
+
+def read_file_header(path: str, prefix: int = HEADER_PREFIX) -> ImageHeader:
+    """The header of an image file from its first `prefix` bytes (size, EXIF orientation and mode
+    sit at the start); the whole file only when the prefix does not hold them."""
+    with fileio.open_read(path) as f:
+        head = f.read(prefix)
+    if len(head) == prefix:
+        try:
+            return read_header(head)
+        except RecordError:
+            pass
+    return read_header(head if len(head) < prefix else fileio.read_bytes(path))
 
 
 def choose_frame(header: ImageHeader, expected: tuple[int, int] | None, policy: str) -> bool:

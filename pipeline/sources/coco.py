@@ -31,22 +31,37 @@ def check_coco_file(path: str) -> None:
     raise ValueError(f"{path}: not a COCO instances file: empty JSON object")
 
 
-def read_categories(path: str) -> dict[int, str]:
+_SECTIONS = (("images.item", "image"), ("annotations.item", "annotation"), ("categories.item", "category"))
+
+
+def iter_coco(path: str, chunk: int = 1 << 20):
+    """(kind, object) for every image, annotation and category of a COCO file, in file order, from a
+    single streamed read: the three sections are parsed from the same chunks, so an object store
+    serves the file once and memory holds one chunk's objects."""
+    sinks = {kind: ijson.sendable_list() for _, kind in _SECTIONS}
+    coros = [ijson.items_coro(sinks[kind], prefix, use_float=True) for prefix, kind in _SECTIONS]
+
+    def drain():
+        for kind, sink in sinks.items():
+            for obj in sink:
+                yield kind, obj
+            del sink[:]
+
     with fileio.open_read(path) as f:
-        cats = {int(c["id"]): str(c["name"]) for c in ijson.items(f, "categories.item", use_float=True)}
+        while block := f.read(chunk):
+            for coro in coros:
+                coro.send(block)
+            yield from drain()
+    for coro in coros:
+        coro.close()
+    yield from drain()
+
+
+def categories_by_id(categories: list[dict], path: str) -> dict[int, str]:
+    cats = {int(c["id"]): str(c["name"]) for c in categories}
     if not cats:
         raise ValueError(f"{path}: COCO file has no 'categories'")
     return cats
-
-
-def iter_images(path: str):
-    with fileio.open_read(path) as f:
-        yield from ijson.items(f, "images.item", use_float=True)
-
-
-def iter_annotations(path: str):
-    with fileio.open_read(path) as f:
-        yield from ijson.items(f, "annotations.item", use_float=True)
 
 
 def image_record(image: dict, images_dir: str, split: str) -> dict:

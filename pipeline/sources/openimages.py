@@ -8,7 +8,7 @@ from smartbrush.config import FilterConfig
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.coco import apply_filters, instance_id
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.images import read_header
+from smartbrush.pipeline.render.images import read_file_header
 from smartbrush.pipeline.render.masks import openimages_mask_to_rle, rle_area_and_box
 
 SOURCE = "openimages"
@@ -61,7 +61,7 @@ def openimages_image_rows(image_id: str, records: list[dict], labels: dict[str, 
     image_path = fileio.join(images_dir, f"{image_id}.jpg")
     header, image_error = None, None
     try:
-        header = read_header(fileio.read_bytes(image_path)) if fileio.exists(image_path) else None
+        header = read_file_header(image_path) if fileio.exists(image_path) else None
         if header is None:
             image_error = RecordError("image_missing", image_path)
     except RecordError as e:

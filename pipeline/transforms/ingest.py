@@ -12,41 +12,47 @@ from smartbrush.pipeline.sources import coco, openimages
 
 REJECTED = "rejected"
 INPUTS = "inputs"
+CATEGORIES = "categories"
 _ANN_KEYS = ("id", "image_id", "category_id", "iscrowd", "segmentation")
 
 
 class ReadCocoFile(beam.DoFn):
-    """A COCO instances JSON, streamed on a worker: emits (image_id, ("image", record)) and
-    (image_id, ("ann", annotation)), plus the file's annotation count on the INPUTS output."""
+    """A COCO instances JSON, read once and streamed on a worker: emits (image_id, ("image", record))
+    and (image_id, ("ann", annotation)); the categories (a small dict) on CATEGORIES and the file's
+    annotation count on INPUTS."""
 
     def __init__(self, images_dir: str, split: str):
         self.images_dir, self.split = images_dir, split
 
     def process(self, path: str):
-        for image in coco.iter_images(path):
-            yield str(image["id"]), ("image", coco.image_record(image, self.images_dir, self.split))
-        n = 0
-        for ann in coco.iter_annotations(path):
-            n += 1
-            yield str(ann.get("image_id")), ("ann", {k: ann[k] for k in _ANN_KEYS if k in ann})
+        n, categories = 0, []
+        for kind, obj in coco.iter_coco(path):
+            if kind == "image":
+                yield str(obj["id"]), ("image", coco.image_record(obj, self.images_dir, self.split))
+            elif kind == "annotation":
+                n += 1
+                yield str(obj.get("image_id")), ("ann", {k: obj[k] for k in _ANN_KEYS if k in obj})
+            else:
+                categories.append(obj)
+        yield pvalue.TaggedOutput(CATEGORIES, coco.categories_by_id(categories, path))
         yield pvalue.TaggedOutput(INPUTS, (path, n))
 
 
 class IngestCocoImage(beam.DoFn):
     """One image's annotations to instance rows (one list per image) and rejections."""
 
-    def __init__(self, categories: dict[int, str], filters: FilterConfig, input_path: str, split: str):
-        self.categories, self.filters, self.input_path, self.split = categories, filters, input_path, split
+    def __init__(self, filters: FilterConfig, input_path: str, split: str):
+        self.filters, self.input_path, self.split = filters, input_path, split
         self.kept = Metrics.counter("ingest", "instances_kept")
         self.dropped = Metrics.counter("ingest", "instances_dropped")
 
-    def process(self, element):
+    def process(self, element, categories):
         _, values = element
         images = [v for kind, v in values if kind == "image"]
         anns = [v for kind, v in values if kind == "ann"]
         if not anns:
             return
-        rows, rejected = coco.coco_image_rows(images[0] if images else None, anns, self.categories,
+        rows, rejected = coco.coco_image_rows(images[0] if images else None, anns, categories,
                                               self.filters, self.input_path, self.split)
         self.kept.inc(len(rows))
         self.dropped.inc(len(rejected))
@@ -92,12 +98,13 @@ class IngestCoco(beam.PTransform):
         self.annotations_path, self.images_dir, self.split, self.filters = annotations, images_dir, split, filters
 
     def expand(self, pbegin):
-        # The launcher reads only the small `categories` list; annotations are parsed on a worker.
-        categories = coco.read_categories(self.annotations_path)
+        # The file is read once, on a worker; the launcher only checks its first bytes (check_coco_file).
         read = (pbegin | "AnnotationFile" >> beam.Create([self.annotations_path])
-                | "StreamJson" >> beam.ParDo(ReadCocoFile(self.images_dir, self.split)).with_outputs(INPUTS, main="kv"))
+                | "StreamJson" >> beam.ParDo(ReadCocoFile(self.images_dir, self.split)).with_outputs(
+                    INPUTS, CATEGORIES, main="kv"))
         ingested = (read.kv | "GroupByImage" >> beam.GroupByKey()
-                    | "ToRows" >> beam.ParDo(IngestCocoImage(categories, self.filters, self.annotations_path, self.split))
+                    | "ToRows" >> beam.ParDo(IngestCocoImage(self.filters, self.annotations_path, self.split),
+                                             categories=pvalue.AsSingleton(read[CATEGORIES]))
                     .with_outputs(REJECTED, main="rows"))
         return {"rows": ingested.rows, REJECTED: ingested[REJECTED], INPUTS: read[INPUTS]}
 
