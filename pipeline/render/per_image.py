@@ -20,6 +20,8 @@ def read_image_bytes(path: str) -> bytes:
         return fileio.read_bytes(path)
     except FileNotFoundError:
         raise RecordError("image_missing", path) from None
+    except fileio.TransientIOError:
+        raise  # retried and still failing: fail the job (a re-run resumes), never a rejection
     except OSError as e:
         if not fileio.exists(path):
             raise RecordError("image_missing", path) from None

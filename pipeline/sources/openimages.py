@@ -61,7 +61,8 @@ def openimages_image_rows(image_id: str, records: list[dict], labels: dict[str, 
     image_path = fileio.join(images_dir, f"{image_id}.jpg")
     header, image_error = None, None
     try:
-        header = read_file_header(image_path) if fileio.exists(image_path) else None
+        header = (fileio.retry_io(lambda: read_file_header(image_path), what=f"reading {image_path}")
+                  if fileio.exists(image_path) else None)
         if header is None:
             image_error = RecordError("image_missing", image_path)
     except RecordError as e:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import os
+import time
 import uuid
+from typing import Callable, TypeVar
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -18,13 +22,90 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How reads retry transient I/O errors: `attempts` tries in all, sleeping base_delay * 2**k
+    (capped at max_delay) between them. `sleep` is injectable so that tests do not wait."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+# The policy every read in fileio uses (about 7.5 s of waiting in all before giving up).
+RETRY = RetryPolicy()
+
+
+class TransientIOError(OSError):
+    """A transient I/O error that persisted through every retry. It is never turned into a rejected
+    record: it fails the job, and a re-run resumes where it stopped."""
+
+
+# Errors about the path itself: retrying cannot help, the caller decides (e.g. image_missing).
+_PERMANENT_OSERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                       TransientIOError)
+_PERMANENT_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM,
+                     errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
+# Object-store client errors that are not OSErrors but mean "try again" (google-api-core, urllib3,
+# botocore, http.client), matched by class name so that no client library needs to be imported.
+_TRANSIENT_NAMES = {"ServiceUnavailable", "InternalServerError", "TooManyRequests", "GatewayTimeout",
+                    "BadGateway", "DeadlineExceeded", "RetryError", "ProtocolError", "ReadTimeoutError",
+                    "IncompleteRead", "RemoteDisconnected", "EndpointConnectionError",
+                    "ConnectionClosedError", "ReadTimeout", "ConnectTimeout"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an exception from a read is worth retrying: a timeout, a connection reset, an EIO on
+    a network filesystem, a 5xx / 429 from an object store; not a missing, unreadable or
+    forbidden path, and not a content error."""
+    if isinstance(error, OSError):
+        if isinstance(error, _PERMANENT_OSERRORS) or error.errno in _PERMANENT_ERRNOS:
+            return False
+        details = getattr(error, "exception_details", None)  # Beam's BeamIOError for batch operations
+        if isinstance(details, dict) and details:
+            return any(isinstance(e, BaseException) and is_transient(e) for e in details.values())
+        return True
+    return any(c.__name__ in _TRANSIENT_NAMES for c in type(error).__mro__)
+
+
+def retry_io(fn: Callable[[], T], *, what: str = "", policy: RetryPolicy | None = None,
+             attempts: int | None = None, base_delay: float | None = None) -> T:
+    """fn() with transient I/O errors retried with exponential backoff. Other errors propagate at
+    once; a transient error still there after the last attempt raises TransientIOError."""
+    policy = policy or RETRY
+    attempts = max(1, policy.attempts if attempts is None else attempts)
+    base_delay = policy.base_delay if base_delay is None else base_delay
+    for k in range(attempts):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if k == attempts - 1:
+                raise TransientIOError(
+                    f"{what or 'I/O'}: {type(e).__name__}: {e} (still failing after {attempts} attempts; "
+                    "re-run the same command to resume)") from e
+            policy.sleep(min(policy.max_delay, base_delay * 2 ** k))
+    raise AssertionError("unreachable")
+
+
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+    """A whole file's bytes; transient errors are retried (see RETRY)."""
+    def read() -> bytes:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return f.read()
+
+    return retry_io(read, what=f"reading {path}")
 
 
 def open_read(path: str):
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    """A binary read stream; opening it retries transient errors (reads from it do not)."""
+    return retry_io(lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED),
+                    what=f"opening {path}")
 
 
 def makedirs(path: str) -> None:
