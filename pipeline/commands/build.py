@@ -17,6 +17,7 @@ from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_
                                                  captioner_from_args, describe_captioner, pipeline_options,
                                                  prepare_output, resolve_config)
 from smartbrush.pipeline.commands.progress import run_with_progress
+from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.render.shard_render import ShardRenderer
 from smartbrush.pipeline.sources import coco, openimages
 from smartbrush.pipeline.storage import fileio
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_build(argv: list[str] | None = None) -> PipelineResult:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = parse_job_args(build_parser(), argv)
     cfg = resolve_config(args)
     schedule = config_mod.load_schedule(cfg.schedule)
     args.captioner = cfg.captioner
@@ -142,7 +143,7 @@ def ingest_parser(source: str) -> argparse.ArgumentParser:
 
 
 def run_ingest(argv: list[str] | None = None, source: str = "coco") -> PipelineResult:
-    args, beam_args = ingest_parser(source).parse_known_args(argv)
+    args, beam_args = parse_job_args(ingest_parser(source), argv)
     if source == "coco":
         args.openimages_segmentations = args.openimages_masks = None
         args.openimages_images = args.openimages_classes = None
@@ -173,7 +174,7 @@ def shard_parser() -> argparse.ArgumentParser:
 
 
 def run_shard(argv: list[str] | None = None) -> PipelineResult:
-    args, beam_args = shard_parser().parse_known_args(argv)
+    args, beam_args = parse_job_args(shard_parser(), argv)
     cfg = resolve_config(args)
     schedule = config_mod.load_schedule(cfg.schedule)
     table_manifest = fileio.join(args.table, manifest_schema.FILE_NAME)

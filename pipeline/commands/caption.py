@@ -15,6 +15,7 @@ from apache_beam.runners.runner import PipelineResult
 from smartbrush.pipeline.caption.blip import BlipCaptioner
 from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_flags, captioner_from_args,
                                                  describe_captioner, pipeline_options)
+from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.manifest import (finalize_set, input_file_entry, read_manifest, read_rejected,
                                                   rejected_table_bytes)
@@ -94,7 +95,7 @@ class FinalizeCaptionTable(beam.DoFn):
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
-    args, beam_args = caption_parser().parse_known_args(argv)
+    args, beam_args = parse_job_args(caption_parser(), argv)
     captioner = captioner_from_args(args)
     upstream = args.table if fileio.exists(fileio.join(args.table, manifest_schema.FILE_NAME)) else None
     input_files = ([input_file_entry(fileio.join(args.table, manifest_schema.FILE_NAME))] if upstream

@@ -8,6 +8,7 @@ import os
 from importlib import resources
 
 from smartbrush.pipeline.commands.build import run_build
+from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.render.masks import rle_to_mask  # noqa: F401  (keeps pycocotools import errors early)
 from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
 from smartbrush.pipeline.commands.preview import contact_sheet
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", default="small", help="build config preset or YAML (default: small)")
     parser.add_argument("--schedule", help="mask schedule preset or YAML")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_job_args(parser, argv)
     extra = ["--config", args.config] + (["--schedule", args.schedule] if args.schedule else [])
     print(f"building shards from the embedded sample data into {args.out} ...", flush=True)
     run_build(sample_build_args(args.out, os.path.join(args.out, "inputs")) + extra + beam_args)

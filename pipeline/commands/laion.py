@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import yaml
 
+from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
                                               check_columns, expand_inputs, read_schema_names,
@@ -205,7 +206,7 @@ def check_stats(folded: dict, n_rows: int, written: int, rejected: list[dict]) -
 
 def run(argv: list[str] | None = None) -> dict:
     """Returns the manifest written."""
-    args = build_parser().parse_args(argv)
+    args, _ = parse_job_args(build_parser(), argv, beam=False)  # img2dataset: no Beam options
     filters = filters_of(args)
     cols = Columns(args.url_col, args.caption_col, args.score_col)
     try:  # fail at once, before touching the output folder

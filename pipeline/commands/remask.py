@@ -21,6 +21,7 @@ from apache_beam.runners.runner import PipelineResult
 from smartbrush import config as config_mod
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
+from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage.manifest import counts, make_manifest, read_rejected, reconciles, write_rejected_and_manifest
 from smartbrush.pipeline.render.remask import remask_shard
 from smartbrush.schemas import manifest as manifest_schema
@@ -141,7 +142,7 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = parse_job_args(build_parser(), argv)
     manifest, raw = read_input_manifest(args.shards)
     try:
         schedule = config_mod.load_schedule(args.schedule)
