@@ -17,6 +17,7 @@ from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_
                                                  describe_captioner, pipeline_options)
 from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.storage.identity import claim_output, make_identity
 from smartbrush.pipeline.storage.manifest import (finalize_set, input_file_entry, read_manifest, read_rejected,
                                                   rejected_table_bytes)
 from smartbrush.pipeline.transforms.caption import DROPPED, REJECTED, CaptionRowLists
@@ -46,8 +47,9 @@ def caption_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_out(table: str, out: str) -> None:
-    """Refuse to overwrite the input or a shard set; drop a previous run's table files."""
+def _prepare_out(table: str, out: str, identity: dict) -> None:
+    """Refuse to overwrite the input, a shard set or a table captioned otherwise (claim_output names
+    what differs); drop a previous run's table files."""
     if os.path.abspath(table) == os.path.abspath(out):
         raise SystemExit("--out must differ from --table")
     if not FileSystems.match([fileio.join(table, instance_table.FILE_GLOB)])[0].metadata_list:
@@ -57,7 +59,7 @@ def _prepare_out(table: str, out: str) -> None:
         kind = read_manifest(out).get("kind")
         if kind != manifest_schema.KIND_INSTANCE_TABLE:
             raise SystemExit(f"{out} holds a {kind} set; use a new --out")
-    fileio.makedirs(out)
+    claim_output(out, identity)
     stale = [m.path for m in FileSystems.match([fileio.join(out, instance_table.FILE_GLOB)])[0].metadata_list]
     for name in (manifest_schema.FILE_NAME, rejected_schema.FILE_NAME, DROPPED_FILE):
         if fileio.exists(fileio.join(out, name)):
@@ -100,9 +102,11 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     upstream = args.table if fileio.exists(fileio.join(args.table, manifest_schema.FILE_NAME)) else None
     input_files = ([input_file_entry(fileio.join(args.table, manifest_schema.FILE_NAME))] if upstream
                    else [{"path": args.table, "bytes": 0, "sha256": ""}])
-    _prepare_out(args.table, args.out)
     described = describe_captioner(captioner)
     config = {"caption": described, "upstream_config": read_manifest(upstream)["config"] if upstream else None}
+    _prepare_out(args.table, args.out, make_identity(manifest_schema.KIND_INSTANCE_TABLE,
+                                                     {**config, "caption": {**described, "runtime": None}},
+                                                     captioner=described, inputs=input_files))
     lineage = {"input_table": args.table, "input_manifest_sha256": input_files[0]["sha256"],
                "captioner": {k: described[k] for k in ("captioner", "model", "revision", "settings")}}
     probe = captioner.record("") if isinstance(captioner, BlipCaptioner) else None

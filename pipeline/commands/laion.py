@@ -25,7 +25,8 @@ from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, T
                                               check_columns, expand_inputs, read_schema_names,
                                               write_download_list)
 from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, scan_tar, shard_stem, unrecorded_rows
-from smartbrush.pipeline.storage.manifest import counts, input_file_entry, make_manifest, write_rejected_and_manifest
+from smartbrush.pipeline.storage.identity import claim_output, make_identity
+from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry
 from smartbrush.pipeline.storage.shards import shard_info
 from smartbrush.schemas import manifest as manifest_schema
 
@@ -95,19 +96,17 @@ def filters_of(args) -> LaionFilters:
     return LaionFilters(args.min_aesthetic, args.max_punsafe, args.max_pwatermark, args.min_width, args.min_height)
 
 
+IDENTITY_PATH = ("_smartbrush", "identity.json")  # not at the top: img2dataset reads every *.json there
+
+
 def prepare_output(out_dir: str, config: dict, input_files: list[dict]) -> None:
-    """Create the folder, refuse a set built with other settings or other input bytes (img2dataset would
-    resume the wrong rows), and drop the manifest of an earlier run: its presence marks a finished set,
-    and img2dataset's resume scan reads every *.json as a shard's stats."""
-    fileio.makedirs(out_dir)
-    cfg_path = fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME)
-    text = yaml.safe_dump({**config, "input_sha256": {f["path"]: f["sha256"] for f in input_files}}, sort_keys=True)
-    if fileio.exists(cfg_path):
-        if fileio.read_bytes(cfg_path).decode() != text:
-            raise SystemExit(f"{out_dir} holds a LAION set built with other settings or inputs ({cfg_path}); "
-                             "use a new --out, or delete the folder to rebuild")
-    else:
-        fileio.atomic_write_bytes(cfg_path, text.encode())
+    """Claim the folder (refusing a set built with other settings or other input bytes: img2dataset
+    would resume the wrong rows), write config.yaml, and drop the manifest of an earlier run: its
+    presence marks a finished set, and img2dataset's resume scan reads every *.json as a shard's stats."""
+    identity = make_identity(manifest_schema.KIND_TEXT_TO_IMAGE, config, inputs=input_files)
+    claim_output(out_dir, identity, fileio.join(out_dir, *IDENTITY_PATH))
+    fileio.atomic_write_bytes(fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME),
+                              yaml.safe_dump(config, sort_keys=True).encode())
     manifest_path = fileio.join(out_dir, manifest_schema.FILE_NAME)
     if fileio.exists(manifest_path):
         from apache_beam.io.filesystems import FileSystems
@@ -227,10 +226,9 @@ def run(argv: list[str] | None = None) -> dict:
         download(list_path, args.out, args, save_columns)
     shards, written, failed = fold_outputs(args.out, list_path, n_kept, args.samples_per_shard)
     rejected = before_download + failed
-    c = counts(n_inputs, written, rejected)
-    manifest = write_rejected_and_manifest(
-        args.out, rejected,
-        lambda rf: make_manifest(manifest_schema.KIND_TEXT_TO_IMAGE, config, None, input_files, c, shards, rf))
+    manifest = finalize_set(args.out, manifest_schema.KIND_TEXT_TO_IMAGE, config, None, input_files, n_inputs, shards,
+                            rejected)
+    c = manifest["counts"]
     log.info("laion: %d written, rejected %s, filtered %s", written, c["rejected"], c["filtered"])
     return manifest
 

@@ -49,10 +49,11 @@ def differences(old: dict, new: dict) -> list[str]:
     return lines
 
 
-def claim_output(out_dir: str, identity: dict) -> None:
-    """Write identity.json into a new folder, or check that an existing folder's matches."""
+def claim_output(out_dir: str, identity: dict, path: str | None = None) -> None:
+    """Write identity.json into a new folder, or check that an existing folder's matches. `path`
+    overrides where it lives (LAION sets: img2dataset reads every *.json at the folder's top)."""
     fileio.makedirs(out_dir)
-    path = fileio.join(out_dir, output_identity.FILE_NAME)
+    path = path or fileio.join(out_dir, output_identity.FILE_NAME)
     if fileio.exists(path):
         try:
             old = json.loads(fileio.read_bytes(path))

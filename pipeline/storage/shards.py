@@ -6,8 +6,6 @@ import hashlib
 import io
 import tarfile
 
-import webdataset as wds
-
 from smartbrush.pipeline.storage import fileio
 
 # Fixed member metadata so that equal samples give byte-identical tars.
@@ -24,13 +22,21 @@ def write_tar(stream, samples: list[tuple[str, dict]]) -> None:
 
 
 def write_tar_stream(stream, samples) -> int:
-    """Write (key, sample) pairs as they come, holding none of them; returns how many were written."""
-    writer = wds.TarWriter(stream, encoder=False, **_TAR_OPTIONS)
+    """Write (key, sample) pairs as they come, holding none of them; returns how many were written.
+
+    The members are what webdataset's TarWriter writes (one `key.ext` file per member, extensions
+    sorted), with fixed metadata; tarfile is used directly so that a worker that only writes shards
+    does not import webdataset, which imports torch."""
     n = 0
-    for key, sample in samples:
-        writer.write({"__key__": key, **sample})
-        n += 1
-    writer.close()
+    with tarfile.open(fileobj=stream, mode="w|") as tar:
+        for key, sample in samples:
+            for ext in sorted(sample):
+                data = sample[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), _TAR_OPTIONS["mtime"], _TAR_OPTIONS["mode"]
+                info.uname, info.gname = _TAR_OPTIONS["user"], _TAR_OPTIONS["group"]
+                tar.addfile(info, io.BytesIO(data))
+            n += 1
     return n
 
 
@@ -64,6 +70,8 @@ def write_shard(out_dir: str, name: str, samples: list[tuple[str, dict]]) -> tup
 
 def read_shard(path: str) -> list[dict]:
     """All raw samples of a tar ({"__key__", ext: bytes}) in file order, by webdataset's own grouping."""
+    import webdataset as wds
+
     with fileio.open_read(path) as f:
         data = f.read()
     stream = wds.tariterators.tar_file_expander([{"stream": io.BytesIO(data), "url": path}])
