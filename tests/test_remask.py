@@ -16,21 +16,25 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from smartbrush import config as config_mod  # noqa: E402
 from smartbrush.config import RenderConfig  # noqa: E402
-from smartbrush.pipeline.render.ladder import render_ladder  # noqa: E402
+from smartbrush.pipeline.render.ladder import (levels_from_map, render_ladder, render_level_map,  # noqa: E402
+                                               unchanged_levels)
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
 from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, readable_keys, remask_sample,  # noqa: E402
                                               remask_samples, remask_shard)
-from smartbrush.pipeline.render.samples import (decode_mask_png, encode_json, encode_mask_png, encode_masks,  # noqa: E402
-                                         render_sample, sample_masks)
+from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map,  # noqa: E402
+                                                encode_mask_png, encode_masks_v1, render_sample, sample_mask,
+                                                sample_masks)
 from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
 from smartbrush.schemas import shard_sample  # noqa: E402
+from smartbrush.schemas.mask_schedule import from_dict  # noqa: E402
 
 BEAM = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coco_val2017_tiny")
 SMARTBRUSH = config_mod.load_schedule("smartbrush")
 FINE = config_mod.load_schedule("smartbrush-fine")
 EXACT_BOX = config_mod.load_schedule("exact-box")
+LEVELS = shard_sample.LEVELS_EXT
 
 
 # ---- hand-made samples --------------------------------------------------------------------------
@@ -40,51 +44,57 @@ def _disk(size=64, cx=30, cy=34, r=12) -> np.ndarray:
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
 
 
-def _meta(key: str, schedule, resolution=64) -> dict:
-    return {"schema": shard_sample.NAME, "schema_version": shard_sample.VERSION, "task": "inpainting",
+def _meta(key: str, schedule, resolution=64, version=2) -> dict:
+    meta = {"schema": shard_sample.NAME, "schema_version": version, "task": "inpainting",
             "instance_id": key, "source": "coco", "label": "cup", "captions": [{"text": "a cup", "model": "label"}],
-            "resolution": resolution, "box_crop_xyxy": [18, 22, 43, 47],
-            "mask_schedule": schedule.to_json(), "mask_keys": shard_sample.mask_exts(schedule.num_levels)}
+            "resolution": resolution, "box_crop_xyxy": [18, 22, 43, 47], "mask_schedule": schedule.to_json()}
+    if version == 1:
+        meta["mask_keys"] = shard_sample.mask_exts(schedule.num_levels)
+    else:
+        meta.update(image_sha256="ab" * 32, crop_policy="object")
+    return meta
 
 
-def _sample(key="coco_val_1_2", exact=None, schedule=SMARTBRUSH) -> dict:
+def _sample(key="coco_val_1_2", exact=None, schedule=SMARTBRUSH, version=2) -> dict:
+    """A raw sample of format `version` whose ladder is `schedule`'s rendering of `exact`."""
     exact = _disk() if exact is None else exact
     sample = {"__key__": key, "jpg": b"\xff\xd8 not decoded by remask", "txt": b"an extra member",
-              "json": encode_json(_meta(key, schedule, exact.shape[0]))}
-    sample.update(encode_masks(render_ladder(exact, schedule)))
+              "json": encode_json(_meta(key, schedule, exact.shape[0], version))}
+    if version == 1:
+        sample.update(encode_masks_v1(render_ladder(exact, schedule)))
+    else:
+        sample[LEVELS] = encode_level_map(render_level_map(exact, schedule))
     return sample
-
-
-def _shard_entry(directory, name, samples) -> dict:
-    members = [(s["__key__"], {k: v for k, v in s.items() if k != "__key__"}) for s in samples]
-    info, _ = write_shard(str(directory), name, members)
-    return info
 
 
 def test_remask_sample_changes_only_masks_and_the_schedule():
     sample = _sample()
     out = remask_sample(sample, EXACT_BOX)
-    assert sorted(out) == ["jpg", "json", "mask_s0.png", "mask_s1.png", "txt"]
+    assert sorted(out) == ["jpg", "json", LEVELS, "txt"]
     assert out["jpg"] == sample["jpg"] and out["txt"] == sample["txt"]
-    assert out["mask_s0.png"] == sample["mask_s0.png"]
-    box = np.zeros((64, 64), bool)
-    box[22:47, 18:43] = True
-    np.testing.assert_array_equal(decode_mask_png(out["mask_s1.png"]), box)
-    expected = {**_meta("coco_val_1_2", SMARTBRUSH), "mask_schedule": EXACT_BOX.to_json(),
-                "mask_keys": ["mask_s0.png", "mask_s1.png"]}
-    assert out["json"] == encode_json(expected)
+    expected_map = np.full((64, 64), 255, np.uint8)
+    expected_map[22:47, 18:43] = 1
+    expected_map[_disk()] = 0
+    np.testing.assert_array_equal(decode_level_map(out[LEVELS]), expected_map)
+    assert out["json"] == encode_json({**_meta("coco_val_1_2", SMARTBRUSH), "mask_schedule": EXACT_BOX.to_json()})
 
 
 def test_remask_sample_grows_the_ladder_and_nests():
     out = remask_sample(_sample(schedule=EXACT_BOX), FINE)
-    levels = [decode_mask_png(out[shard_sample.mask_ext(s)]) for s in range(7)]
-    assert json.loads(out["json"])["mask_keys"] == [f"mask_s{s}.png" for s in range(7)]
+    levels = sample_masks({"__key__": "k", **out})
+    assert len(levels) == 7 and "mask_keys" not in json.loads(out["json"])
     for s, (lo, hi) in enumerate(zip(levels, levels[1:])):
         assert not (lo & ~hi).any(), f"level {s} not inside level {s + 1}"
     x0, y0, x1, y1 = mask_box(levels[0])
     assert levels[-1].sum() == (x1 - x0) * (y1 - y0) and levels[-1][y0:y1, x0:x1].all()
     for s, level in enumerate(render_ladder(_disk(), FINE)):
         np.testing.assert_array_equal(levels[s], level)
+
+
+def test_remask_to_the_same_schedule_keeps_the_level_map_bytes():
+    sample = _sample(schedule=FINE)
+    out = remask_sample(sample, FINE)
+    assert out == {k: v for k, v in sample.items() if k != "__key__"}
 
 
 def test_remask_equals_rendering_with_the_new_schedule():
@@ -102,33 +112,115 @@ def test_remask_equals_rendering_with_the_new_schedule():
     render = RenderConfig(resolution=64)
     old = {"__key__": row["instance_id"], **render_sample(image, row, SMARTBRUSH, render)}
     assert remask_sample(old, FINE) == render_sample(image, row, FINE, render)
+    assert remask_sample({"__key__": "x", **remask_sample(old, FINE)}, SMARTBRUSH) == \
+        {k: v for k, v in old.items() if k != "__key__"}
+
+
+def test_v1_sample_becomes_v2():
+    v1 = _sample(schedule=SMARTBRUSH, version=1)
+    out = remask_sample(v1, SMARTBRUSH)  # same schedule: every level copied from the v1 PNGs
+    assert sorted(out) == ["jpg", "json", LEVELS, "txt"] and out["jpg"] == v1["jpg"]
+    for s, level in enumerate(sample_masks(v1)):
+        np.testing.assert_array_equal(sample_mask({"__key__": "k", **out}, s), level)
+    meta_in, meta_out = json.loads(v1["json"]), json.loads(out["json"])
+    assert meta_out == {**{k: v for k, v in meta_in.items() if k != "mask_keys"}, "schema_version": 2,
+                        "image_sha256": None, "crop_policy": None}
+    assert set(meta_out) <= set(shard_sample.META_KEYS)
+    # From v1 to another schedule: the v2 sample a v2 input with the same masks gives.
+    assert remask_sample(v1, FINE)[LEVELS] == remask_sample(_sample(schedule=SMARTBRUSH), FINE)[LEVELS]
+
+
+def _blur(sigma, threshold=0.05):
+    return {"type": "blur", "sigma": sigma, "kernel": 0, "units": "relative", "threshold": threshold}
+
+
+def _schedule(*blurs, id="t"):
+    return from_dict({"id": id, "levels": [{"type": "exact"}, *blurs, {"type": "box"}]})
+
+
+def test_unchanged_levels():
+    a, b, c = _blur(0.03), _blur(0.07), _blur(0.15)
+    assert unchanged_levels(_schedule(a, b, c), _schedule(a, b, _blur(0.2))) == {1: 1, 2: 2}
+    assert unchanged_levels(_schedule(a, b), _schedule(b, a, c)) == {2: 2}  # {a, b} makes both
+    assert unchanged_levels(_schedule(a, b), _schedule(a, _blur(0.07, 0.1))) == {1: 1}
+    assert unchanged_levels(SMARTBRUSH, FINE) == {} and unchanged_levels(EXACT_BOX, FINE) == {}
+    assert unchanged_levels(FINE, FINE) == {k: k for k in range(1, 6)}
+
+
+def test_unchanged_levels_are_copied_not_recomputed(monkeypatch):
+    """The input's level 1 is copied as it is (even one a render would not give) and only the new
+    blur is computed."""
+    from smartbrush.pipeline.render import ladder
+
+    a, c = _blur(0.03), _blur(0.2)
+    old, new = _schedule(a, _blur(0.07)), _schedule(a, c)
+    exact = _disk()
+    old_map = render_level_map(exact, old)
+    odd = np.zeros_like(exact)
+    odd[22:26, 39:43] = True  # a corner of the box, outside the exact mask
+    assert not (odd & exact).any() and not (odd & (old_map <= 1)).all()
+    old_map[odd] = 1
+    sample = {**_sample(schedule=old), LEVELS: encode_level_map(old_map)}
+    calls = []
+    real = ladder.blur_region
+    monkeypatch.setattr(ladder, "blur_region", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    out = sample_masks({"__key__": "k", **remask_sample(sample, new)})
+    assert calls == [pytest.approx(0.2 * 25)]  # one blur: the new level 2 (box side 25)
+    np.testing.assert_array_equal(out[1], old_map <= 1)
+    np.testing.assert_array_equal(out[2], render_ladder(exact, _schedule(c))[1] | (old_map <= 1))
 
 
 def test_bad_samples_are_rejected_with_a_reason():
+    def with_map(key, level_map):
+        return {**_sample(key), LEVELS: encode_level_map(level_map)}
+
     good = _sample("k_good")
     no_json = {k: v for k, v in _sample("k_nojson").items() if k != "json"}
-    bad_png = {**_sample("k_badpng"), "mask_s0.png": b"\x89PNG garbage"}
-    no_mask = {k: v for k, v in _sample("k_nomask").items() if k != "mask_s0.png"}
+    bad_png = {**_sample("k_badpng"), LEVELS: b"\x89PNG garbage"}
+    rgb_png = {**_sample("k_rgb"), LEVELS: _rgb_png()}
+    no_mask = {k: v for k, v in _sample("k_nomask").items() if k != LEVELS}
     wrong_version = {**_sample("k_version"),
                      "json": encode_json({**_meta("k_version", SMARTBRUSH), "schema_version": 99})}
-    empty = _sample("k_empty")
-    empty["mask_s0.png"] = encode_mask_png(np.zeros((64, 64), bool))
-    wrong_size = {**_sample("k_size"), "mask_s0.png": encode_mask_png(_disk(32, 10, 10, 5))}
-    odd_keys = {**_sample("k_keys"), "json": encode_json({**_meta("k_keys", SMARTBRUSH), "mask_keys": ["jpg"]})}
-    samples = [good, no_json, bad_png, no_mask, wrong_version, empty, wrong_size, odd_keys]
+    empty = with_map("k_empty", np.full((64, 64), 255, np.uint8))
+    wrong_size = with_map("k_size", render_level_map(_disk(32, 10, 10, 5), SMARTBRUSH))
+    bad_value = render_level_map(_disk(), SMARTBRUSH)
+    bad_value[30, 30] = 7  # S = 4
+    bad_values = with_map("k_values", bad_value)
+    odd_keys = _sample("k_keys", version=1)
+    odd_keys["json"] = encode_json({**_meta("k_keys", SMARTBRUSH, version=1), "mask_keys": ["jpg"]})
+    bad_schedule = {**_sample("k_sched"),
+                    "json": encode_json({**_meta("k_sched", SMARTBRUSH), "mask_schedule": {"levels": "x"}})}
+    v1_missing_level = {k: v for k, v in _sample("k_v1", version=1).items() if k != "mask_s0.png"}
+    samples = [good, no_json, bad_png, rgb_png, no_mask, wrong_version, empty, wrong_size, bad_values, odd_keys,
+               bad_schedule, v1_missing_level]
     out, rejected = remask_samples(samples, FINE, "in.tar")
     assert [k for k, _ in out] == ["k_good"]
     assert {r["record_id"]: r["reason"] for r in rejected} == {
-        "k_nojson": "sample_invalid", "k_badpng": "mask_unreadable", "k_nomask": "mask_missing",
-        "k_version": "sample_invalid", "k_empty": "empty_mask", "k_size": "mask_size_mismatch",
-        "k_keys": "sample_invalid"}
+        "k_nojson": "sample_invalid", "k_badpng": "mask_unreadable", "k_rgb": "mask_unreadable",
+        "k_nomask": "mask_missing", "k_version": "sample_invalid", "k_empty": "empty_mask",
+        "k_size": "mask_size_mismatch", "k_values": "mask_unreadable", "k_keys": "sample_invalid",
+        "k_sched": "sample_invalid", "k_v1": "mask_missing"}
     assert {r["stage"] for r in rejected} == {"remask"} and {r["input"] for r in rejected} == {"in.tar"}
     assert {r["source"] for r in rejected if r["record_id"] != "k_nojson"} == {"coco"}
 
 
+def _rgb_png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _shard_entry(directory, name, samples) -> dict:
+    members = [(s["__key__"], {k: v for k, v in s.items() if k != "__key__"}) for s in samples]
+    info, _ = write_shard(str(directory), name, members)
+    return info
+
+
 def test_remask_shard_writes_resumes_and_rejects(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
-    bad = {**_sample("k2"), "mask_s0.png": b"not a png"}
+    bad = {**_sample("k2"), LEVELS: b"not a png"}
     entry = _shard_entry(src, "inpainting-000000.tar", [_sample("k1"), bad, _sample("k3")])
     first = remask_shard(str(src), str(out), entry, FINE)
     assert first.written_now and first.inputs == 3 and first.info["samples"] == 2
@@ -248,7 +340,8 @@ def check_shard_set(directory):
 
 def check_remasked(src, out, schedule):
     """Nesting on every sample; every member but the masks and json byte-identical to the input;
-    the json differs in mask_schedule and mask_keys only; the manifest records the lineage."""
+    the same exact mask; v2 output (one level map); the json differs in mask_schedule only (and,
+    from a v1 input, in its version keys); the manifest records the lineage."""
     before, after = all_samples(src), all_samples(out)
     rejected = {r["record_id"] for r in read_rejected(str(out)) if r["stage"] == "remask"}
     assert sorted(after) == sorted(set(before) - rejected)
@@ -260,14 +353,18 @@ def check_remasked(src, out, schedule):
         x0, y0, x1, y1 = mask_box(masks[0])
         assert masks[-1].sum() == (x1 - x0) * (y1 - y0) and masks[-1][y0:y1, x0:x1].all()
         old = before[key]
-        assert sample["jpg"] == old["jpg"] and sample["mask_s0.png"] == old["mask_s0.png"]
+        assert sample["jpg"] == old["jpg"]
+        np.testing.assert_array_equal(masks[0], sample_mask(old, 0))
         new_meta, old_meta = json.loads(sample["json"]), json.loads(old["json"])
         assert new_meta["mask_schedule"] == schedule.to_json()
-        assert new_meta["mask_keys"] == shard_sample.mask_exts(schedule.num_levels)
-        assert {k: v for k, v in new_meta.items() if k not in ("mask_schedule", "mask_keys")} == \
-               {k: v for k, v in old_meta.items() if k not in ("mask_schedule", "mask_keys")}
+        assert new_meta["schema_version"] == shard_sample.VERSION and "mask_keys" not in new_meta
+        if old_meta["schema_version"] == 1:
+            old_meta = {**{k: v for k, v in old_meta.items() if k != "mask_keys"}, "schema_version": 2,
+                        "image_sha256": None, "crop_policy": None}
+        assert {k: v for k, v in new_meta.items() if k != "mask_schedule"} == \
+               {k: v for k, v in old_meta.items() if k != "mask_schedule"}
         members = {k for k in sample if not k.startswith("__")}
-        assert members == {"jpg", "json", *shard_sample.mask_exts(schedule.num_levels)}
+        assert members == {"jpg", "json", LEVELS}
     m_in, m_out = manifest(src), manifest(out)
     check_shard_set(out)
     assert m_out["kind"] == "inpainting" and m_out["mask_schedule"] == schedule.to_json()

@@ -1,11 +1,28 @@
 """The precision ladder: masks s = 0 (exact) ... s = S (box) rendered from the exact mask.
 
-Level s = 0 is the exact mask; each blur level is the exact mask Gaussian-blurred, binarised at the
-level's threshold, joined with the level below (so the ladder always nests) and clipped to the box;
-level S is the box. Blurs run on the box region only (outside it the exact mask is zero, so the
-result inside the box is the same as a whole-image blur with zero borders), and wide blurs run at a
-reduced resolution: the blurred field is smooth, so resampling it costs almost nothing in accuracy
-(tests bound the difference against full resolution).
+Definition (the reference, `render_ladder(..., reduce=False)`): level s = 0 is the exact mask; each
+blur level is the exact mask Gaussian-blurred (the level's sigma and kernel, zero outside the
+image), binarised at the level's threshold, joined with the level below (so the ladder always
+nests) and clipped to the box; level S is the box.
+
+What the pipeline renders (`render_level_map`) is the whole ladder as one uint8 "level map" (a
+pixel's value is the smallest s whose mask contains it, OUTSIDE = 255 outside the box; see
+schemas/shard_sample.py), computed cheaply:
+- blurs run on the box region only: outside it the exact mask is zero, so inside the box the result
+  equals a whole-image blur with zero borders, and nothing outside the box is kept;
+- a wide blur runs through a Gaussian pyramid: k = reduction_levels(sigma) pyrDown steps (5-tap
+  binomial filter, then every other pixel; f = 2^k), a Gaussian at 1/f resolution, k pyrUp steps
+  back. The binomial steps are Gaussian-like blurs themselves (variance (4^k - 1) / 3 full pixels^2
+  each way), so the reduced Gaussian supplies only the rest of sigma^2, and the reduced grid keeps
+  sigma / f >= about MIN_REDUCED_SIGMA pixels, fine enough for the smooth field. Unlike block means,
+  the binomial prefilter does not move thin structures to block centres, so thin objects keep their
+  contour. Only the region plus a 2-pixel ring is upsampled at each level, never the kernel margin;
+- the join is free: levels are written into the map from S - 1 down to 1, then the exact mask,
+  so each pixel keeps the smallest level that contains it;
+- levels known from elsewhere (remask copies the levels whose definition did not change) are not
+  recomputed (`copy=`).
+tests/test_ladder.py bounds the difference against the definition on real data (IoU >= 0.98 per
+level on every instance of coco_val2017_tiny and of the embedded sample data).
 """
 
 from __future__ import annotations
@@ -18,9 +35,12 @@ import numpy as np
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
+from smartbrush.schemas.shard_sample import MAX_LEVELS, OUTSIDE
 
-# Blur at 1/f resolution with f = floor(sigma / MIN_REDUCED_SIGMA) once sigma exceeds this.
-MIN_REDUCED_SIGMA = 4.0
+# Blur at 1/f resolution with f = floor(sigma / MIN_REDUCED_SIGMA) once f >= 2: the reduced sigma
+# stays >= MIN_REDUCED_SIGMA reduced pixels, which keeps the bilinearly upsampled field within
+# IoU 0.99 of the full-resolution one on real masks.
+MIN_REDUCED_SIGMA = 3.0
 
 
 def blur_parameters(level: Level, box_side: int) -> tuple[float, int]:
@@ -32,36 +52,117 @@ def blur_parameters(level: Level, box_side: int) -> tuple[float, int]:
     return sigma, max(3, k | 1)
 
 
+def reduction_levels(sigma: float) -> int:
+    """How many times (k) a blur of `sigma` crop pixels halves the resolution: the largest k with
+    sigma >= MIN_REDUCED_SIGMA * 2^(k + 1), so that the reduced sigma stays above about
+    MIN_REDUCED_SIGMA pixels of the reduced grid (0 = full resolution)."""
+    k = 0
+    while sigma >= MIN_REDUCED_SIGMA * 2 ** (k + 1):
+        k += 1
+    return k
+
+
 def _gaussian(field: np.ndarray, sigma: float, kernel: int) -> np.ndarray:
     return cv2.GaussianBlur(field, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
 
 
 def blur_region(region: np.ndarray, sigma: float, kernel: int, reduce: bool = True) -> np.ndarray:
-    """Gaussian blur of a float32 0/1 region with zero outside, optionally at reduced resolution."""
-    factor = int(sigma // MIN_REDUCED_SIGMA) if reduce else 1
-    if factor < 2:
+    """Gaussian blur of a float32 0/1 region with zero outside it, the shape of `region`; with
+    `reduce`, through a Gaussian pyramid (see the module docstring)."""
+    k = reduction_levels(sigma) if reduce else 0
+    if k == 0:
         return _gaussian(region, sigma, kernel)
+    f = 2 ** k
     h, w = region.shape
-    # Pad so the region divides evenly, plus a kernel margin so the blur can spread past the
-    # region's edge before the result is cut back (padding is zero, as the mask is outside its box).
-    margin = (kernel // 2 // factor + 1) * factor
-    ph = math.ceil(h / factor) * factor + 2 * margin
-    pw = math.ceil(w / factor) * factor + 2 * margin
-    padded = np.zeros((ph, pw), np.float32)
-    padded[margin:margin + h, margin:margin + w] = region
-    small = cv2.resize(padded, (pw // factor, ph // factor), interpolation=cv2.INTER_AREA)
-    small_kernel = max(3, int(round(kernel / factor)) | 1)
-    small = _gaussian(small, sigma / factor, small_kernel)
-    full = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
-    return full[margin:margin + h, margin:margin + w]
+    hs, ws = -(-h // f), -(-w // f)
+    # Zeros around the region (as outside the box), sized in multiples of f: 2f on each side covers
+    # the reach of k pyrDown steps (2 pixels at each level), so their reflected borders see zeros.
+    p = 2 * f
+    field = np.zeros((hs * f + 2 * p, ws * f + 2 * p), np.float32)
+    field[p:p + h, p:p + w] = region
+    for _ in range(k):
+        field = cv2.pyrDown(field)  # 5-tap binomial (variance 1 at that level), then every other pixel
+    # The k pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
+    # full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2.
+    small_var = (sigma * sigma - 2 * (4 ** k - 1) / 3.0) / (f * f)
+    small_sigma = math.sqrt(max(small_var, 0.25))
+    small_kernel = max(3, int(round(kernel / f)) | 1)
+    m = small_kernel // 2 + 1  # room for the blur to spread past the region
+    field = cv2.copyMakeBorder(field, m, m, m, m, cv2.BORDER_CONSTANT, value=0)
+    field = _gaussian(field, small_sigma, small_kernel)
+    # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
+    # reaches the outermost pixel, which the crop drops): the kernel margin is never upsampled.
+    field = field[m:m + hs + 4, m:m + ws + 4]
+    for _ in range(k):
+        field = cv2.pyrUp(field)[2:-2, 2:-2]
+    return field[2:2 + h, 2:2 + w]
 
 
-def render_ladder(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True) -> list[np.ndarray]:
-    """All levels of `schedule` as bool arrays the shape of `exact`; level 0 is `exact` itself."""
-    exact = exact.astype(bool)
+def _box(exact: np.ndarray) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = mask_box(exact)
     if x1 == x0:
         raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
+    return x0, y0, x1, y1
+
+
+def _check_levels(schedule: MaskSchedule) -> None:
+    if schedule.num_levels > MAX_LEVELS:
+        raise ValueError(f"schedule {schedule.id}: {schedule.num_levels} levels, a level map holds at most "
+                         f"{MAX_LEVELS}")
+
+
+def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True,
+                     copy: tuple[np.ndarray, dict[int, int]] | None = None) -> np.ndarray:
+    """The ladder of `schedule` as a uint8 level map the shape of `exact` (mask_s = map <= s).
+
+    `copy` = (old level map, {new level k: old level j}): level k is taken as `old map <= j`
+    instead of being blurred (unchanged_levels() says which levels may be). The old map must
+    belong to the same exact mask (same box)."""
+    _check_levels(schedule)
+    exact = exact.astype(bool, copy=False)
+    x0, y0, x1, y1 = _box(exact)
+    S = schedule.num_levels - 1
+    region = exact[y0:y1, x0:x1]
+    box_side = max(x1 - x0, y1 - y0)
+    old_region, copied = (copy[0][y0:y1, x0:x1], copy[1]) if copy is not None else (None, {})
+    region_f = None
+    rmap = np.full(region.shape, S, np.uint8)
+    for k in range(S - 1, 0, -1):
+        if k in copied:
+            inside = old_region <= copied[k]
+        else:
+            level = schedule.levels[k]
+            if region_f is None:
+                region_f = region.astype(np.float32)
+            sigma, kernel = blur_parameters(level, box_side)
+            inside = blur_region(region_f, sigma, kernel, reduce) > level.threshold
+        rmap[inside] = k
+    rmap[region] = 0
+    out = np.full(exact.shape, OUTSIDE, np.uint8)
+    out[y0:y1, x0:x1] = rmap
+    return out
+
+
+def levels_from_map(level_map: np.ndarray, num_levels: int) -> list[np.ndarray]:
+    """The bool masks s = 0 ... num_levels - 1 of a level map."""
+    return [level_map <= s for s in range(num_levels)]
+
+
+def map_from_levels(levels: list[np.ndarray]) -> np.ndarray:
+    """The level map of a list of nested bool masks (index = level); each pixel gets the smallest
+    level that contains it, OUTSIDE where none does."""
+    if not 2 <= len(levels) <= MAX_LEVELS:
+        raise ValueError(f"{len(levels)} levels; a level map holds 2..{MAX_LEVELS}")
+    out = np.full(levels[0].shape, OUTSIDE, np.uint8)
+    for s in range(len(levels) - 1, -1, -1):
+        out[np.asarray(levels[s], dtype=bool)] = s
+    return out
+
+
+def reference_ladder(exact: np.ndarray, schedule: MaskSchedule) -> list[np.ndarray]:
+    """The definition, at full resolution: one bool mask per level (slow for wide blurs)."""
+    exact = exact.astype(bool)
+    x0, y0, x1, y1 = _box(exact)
     box_side = max(x1 - x0, y1 - y0)
     region = exact[y0:y1, x0:x1]
     region_f = region.astype(np.float32)
@@ -69,7 +170,7 @@ def render_ladder(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True
     below = region
     for level in schedule.levels[1:-1]:
         sigma, kernel = blur_parameters(level, box_side)
-        grown = (blur_region(region_f, sigma, kernel, reduce) > level.threshold) | below
+        grown = (_gaussian(region_f, sigma, kernel) > level.threshold) | below
         full = np.zeros_like(exact)
         full[y0:y1, x0:x1] = grown
         levels.append(full)
@@ -78,3 +179,34 @@ def render_ladder(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True
     box[y0:y1, x0:x1] = True
     levels.append(box)
     return levels
+
+
+def render_ladder(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True) -> list[np.ndarray]:
+    """All levels of `schedule` as bool arrays the shape of `exact`; level 0 is `exact` itself.
+    reduce=False gives the full-resolution definition (reference_ladder)."""
+    if not reduce:
+        return reference_ladder(exact, schedule)
+    return levels_from_map(render_level_map(exact, schedule), schedule.num_levels)
+
+
+def _prefix_signatures(levels) -> list[frozenset]:
+    """For each level s, the set of blur definitions whose union (with the exact mask) makes it."""
+    out, seen = [], set()
+    for lv in levels:
+        if lv.type == "blur":
+            seen.add(lv)
+        out.append(frozenset(seen))
+    return out
+
+
+def unchanged_levels(old: MaskSchedule, new: MaskSchedule) -> dict[int, int]:
+    """{new blur level k: old blur level j} for the levels of `new` whose mask equals a level of `old`
+    by definition: level k is the union of the exact mask and blurs 1..k, so it is the same mask
+    when the same set of blur definitions makes it (same sigma, kernel, units and threshold).
+    The exact level and the box are the same in every schedule and are not listed."""
+    old_sig = _prefix_signatures(old.levels)
+    first = {}
+    for j in range(1, old.num_levels - 1):
+        first.setdefault(old_sig[j], j)
+    new_sig = _prefix_signatures(new.levels)
+    return {k: first[new_sig[k]] for k in range(1, new.num_levels - 1) if new_sig[k] in first}

@@ -1,11 +1,15 @@
-"""One shard of `smartbrush remask`: every mask level recomputed from each sample's s = 0 mask
-with a new schedule; every other member (image, captions, metadata) kept byte for byte.
+"""One shard of `smartbrush remask`: the mask ladder of every sample re-rendered with a new
+schedule from its s = 0 mask (levels whose definition did not change are copied), written as a v2
+sample (one `levels.png` level map); every other member (image, captions, metadata) kept byte for
+byte. Reads v1 (one PNG per level) and v2 samples.
 
-Plain functions (no Beam): the job in pipeline/remask.py runs remask_shard once per input shard.
+Plain functions (no Beam): the job in pipeline/commands/remask.py runs remask_shard once per input
+shard.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -13,14 +17,16 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+import numpy as np
 import webdataset as wds
 
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.ladder import render_ladder
-from smartbrush.pipeline.render.samples import decode_mask_png, encode_json, encode_mask_png
+from smartbrush.pipeline.render.ladder import render_level_map, unchanged_levels
+from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map, decode_mask_png, encode_json,
+                                                encode_level_map)
 from smartbrush.pipeline.storage.shards import shard_info, write_shard
-from smartbrush.schemas import shard_sample
+from smartbrush.schemas import mask_schedule, shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
 
 STAGE = "remask"
@@ -29,6 +35,8 @@ STAGE = "remask"
 SHARD_MISSING = "shard_missing"
 SHARD_CORRUPT = "shard_corrupt"
 SAMPLE_INVALID = "sample_invalid"
+# v2 json keys a sample converted from v1 cannot know (remask reads no source image): null.
+V2_KEYS_UNKNOWN_FROM_V1 = ("image_sha256", "crop_policy")
 
 
 @dataclass
@@ -78,8 +86,33 @@ def error_text(e: Exception) -> str:
 
 
 def new_meta(meta: dict, schedule: MaskSchedule) -> dict:
-    """The sample json with only the schedule and the mask member names changed."""
-    return {**meta, "mask_schedule": schedule.to_json(), "mask_keys": shard_sample.mask_exts(schedule.num_levels)}
+    """The output sample's json: the input's with only the schedule replaced. A v1 input also
+    becomes v2: `mask_keys` is dropped and the v2 keys it cannot know (remask reads no source image)
+    are null."""
+    out = {**meta, "mask_schedule": schedule.to_json()}
+    if meta.get("schema_version") != shard_sample.VERSION:
+        out.pop("mask_keys", None)
+        out["schema_version"] = shard_sample.VERSION
+        for key in V2_KEYS_UNKNOWN_FROM_V1:
+            out.setdefault(key, None)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule_of(levels_json: str) -> MaskSchedule:
+    return mask_schedule.from_dict({"id": "input", "levels": json.loads(levels_json)}, "the sample's mask_schedule")
+
+
+def input_schedule(meta: dict) -> MaskSchedule:
+    """The schedule a sample was rendered with (from its json)."""
+    levels = (meta.get("mask_schedule") or {}).get("levels") if isinstance(meta.get("mask_schedule"), dict) else None
+    try:
+        schedule = _schedule_of(json.dumps(levels, sort_keys=True))
+    except (ValueError, TypeError) as e:
+        raise RecordError(SAMPLE_INVALID, str(e)) from None
+    if schedule.num_levels > shard_sample.MAX_LEVELS:
+        raise RecordError(SAMPLE_INVALID, f"{schedule.num_levels} levels, at most {shard_sample.MAX_LEVELS}")
+    return schedule
 
 
 def _meta(sample: dict) -> dict:
@@ -92,38 +125,76 @@ def _meta(sample: dict) -> dict:
         raise RecordError(SAMPLE_INVALID, f"{shard_sample.META_EXT} is not JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("schema") != shard_sample.NAME:
         raise RecordError(SAMPLE_INVALID, f"not a {shard_sample.NAME} sample")
-    if meta.get("schema_version") != shard_sample.VERSION:
-        raise RecordError(SAMPLE_INVALID, f"sample schema version {meta.get('schema_version')!r}, "
-                                          f"this smartbrush reads {shard_sample.VERSION}")
-    keys = meta.get("mask_keys")
-    if not isinstance(keys, list) or len(keys) < 2 or keys != shard_sample.mask_exts(len(keys)):
-        raise RecordError(SAMPLE_INVALID, f"mask_keys {keys!r} is not [mask_s0.png, ..., mask_sS.png]")
+    if meta.get("schema_version") not in shard_sample.READABLE_VERSIONS:
+        raise RecordError(SAMPLE_INVALID, f"sample schema version {meta.get('schema_version')!r}, this smartbrush "
+                                          f"reads {', '.join(map(str, shard_sample.READABLE_VERSIONS))}")
+    if not isinstance(meta.get("resolution"), int):
+        raise RecordError(SAMPLE_INVALID, f"resolution {meta.get('resolution')!r} is not an integer")
+    if meta["schema_version"] == 1:
+        keys = meta.get("mask_keys")
+        if not isinstance(keys, list) or len(keys) < 2 or keys != shard_sample.mask_exts(len(keys)):
+            raise RecordError(SAMPLE_INVALID, f"mask_keys {keys!r} is not [mask_s0.png, ..., mask_sS.png]")
     return meta
 
 
-def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
-    """The members of one raw sample (without `__key__`) under `schedule`.
-
-    Only the s = 0 mask is decoded. Its PNG bytes are kept as they are (re-encoding the decoded
-    mask gives the same bytes; copying is cheaper); levels 1..S are rendered from it."""
-    meta = _meta(sample)
-    exact_key = meta["mask_keys"][0]
-    if exact_key not in sample:
-        raise RecordError("mask_missing", f"no {exact_key} member")
+def _decode(sample: dict, member: str, decode, resolution: int):
+    if member not in sample:
+        raise RecordError("mask_missing", f"no {member} member")
     try:
-        exact = decode_mask_png(sample[exact_key])
-    except Exception as e:  # PIL raises many types for a damaged PNG
-        raise RecordError("mask_unreadable", f"{exact_key}: {error_text(e)}") from None
-    resolution = meta.get("resolution")
-    if exact.shape != (resolution, resolution):
-        raise RecordError("mask_size_mismatch", f"{exact_key} is {exact.shape[1]}x{exact.shape[0]}, "
+        array = decode(sample[member])
+    except Exception as e:  # PIL and OpenCV raise many types for a damaged PNG
+        raise RecordError("mask_unreadable", f"{member}: {error_text(e)}") from None
+    if array.shape != (resolution, resolution):
+        raise RecordError("mask_size_mismatch", f"{member} is {array.shape[1]}x{array.shape[0]}, "
                                                 f"resolution {resolution}")
-    levels = render_ladder(exact, schedule)
-    old_masks = set(meta["mask_keys"])
+    return array
+
+
+def _input_levels(sample: dict, meta: dict, old: MaskSchedule, needed: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(exact mask, a level map in which `map <= j` is the input's level j for every j in `needed`)."""
+    resolution = meta["resolution"]
+    if meta["schema_version"] == 1:
+        keys = meta["mask_keys"]
+        if len(keys) != old.num_levels:
+            raise RecordError(SAMPLE_INVALID, f"{len(keys)} mask_keys for a schedule of {old.num_levels} levels")
+        exact = _decode(sample, keys[0], decode_mask_png, resolution)
+        if not exact.any():
+            raise RecordError("empty_mask", f"{keys[0]} is empty")
+        old_map = np.full(exact.shape, shard_sample.OUTSIDE, np.uint8)
+        for j in sorted(needed, reverse=True):  # smallest level last: each pixel keeps its smallest
+            old_map[_decode(sample, keys[j], decode_mask_png, resolution)] = j
+        old_map[exact] = 0
+        return exact, old_map
+    old_map = _decode(sample, shard_sample.LEVELS_EXT, decode_level_map, resolution)
+    try:
+        check_level_map(old_map, old.num_levels, shard_sample.LEVELS_EXT)
+    except ValueError as e:
+        raise RecordError("mask_unreadable", str(e)) from None
+    exact = old_map == 0
+    if not exact.any():
+        raise RecordError("empty_mask", f"{shard_sample.LEVELS_EXT} has no level-0 pixel")
+    return exact, old_map
+
+
+def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
+    """The members of one raw v1 or v2 sample (without `__key__`) under `schedule`, as a v2 sample.
+
+    Only the masks are decoded. Levels whose definition is the same in the input's schedule (the
+    exact mask, the box, and any blur level made of the same blurs, see ladder.unchanged_levels) are
+    copied from the input; the others are rendered from the s = 0 mask. Every other member is kept
+    byte for byte; the json changes in `mask_schedule` only (and, from v1, in its version keys)."""
+    meta = _meta(sample)
+    old = input_schedule(meta)
+    copied = unchanged_levels(old, schedule)
+    exact, old_map = _input_levels(sample, meta, old, set(copied.values()))
+    if meta["schema_version"] == shard_sample.VERSION and old.levels == schedule.levels:
+        levels_png = sample[shard_sample.LEVELS_EXT]  # the same ladder: the same bytes
+    else:
+        levels_png = encode_level_map(render_level_map(exact, schedule, copy=(old_map, copied)))
+    old_masks = set(meta["mask_keys"]) if meta["schema_version"] == 1 else {shard_sample.LEVELS_EXT}
     members = {k: v for k, v in sample.items() if not k.startswith("__") and k not in old_masks}
     members[shard_sample.META_EXT] = encode_json(new_meta(meta, schedule))
-    members[shard_sample.mask_ext(0)] = sample[exact_key]
-    members.update({shard_sample.mask_ext(s): encode_mask_png(m) for s, m in enumerate(levels) if s > 0})
+    members[shard_sample.LEVELS_EXT] = levels_png
     return members
 
 
@@ -185,9 +256,13 @@ def _resume(out_path: str, name: str, samples: list[dict], schedule: MaskSchedul
     except Exception as e:
         raise RuntimeError(f"{out_path}: unreadable output shard from an earlier run ({e}); delete it and "
                            "re-run") from None
-    if done and json.loads(done[0][shard_sample.META_EXT]).get("mask_schedule", {}).get("hash") != schedule.hash:
+    first = json.loads(done[0][shard_sample.META_EXT]) if done else {}
+    if done and first.get("mask_schedule", {}).get("hash") != schedule.hash:
         raise RuntimeError(f"{out_path} was written with another mask schedule; use a new --out, or delete the "
                            "folder to remask again")
+    if done and first.get("schema_version") != shard_sample.VERSION:
+        raise RuntimeError(f"{out_path} holds sample format v{first.get('schema_version')}, this smartbrush writes "
+                           f"v{shard_sample.VERSION}; delete it, or the folder, and re-run")
     done_keys = {s["__key__"] for s in done}
     missing = [s for s in samples if s["__key__"] not in done_keys]
     remasked, rejected = remask_samples(missing, schedule, input_path)
