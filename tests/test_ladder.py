@@ -1,12 +1,21 @@
+import json
+import os
+import pathlib
+
 import cv2
 import numpy as np
 import pytest
 
-from smartbrush.config import load_schedule
+from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.render.ladder import blur_parameters, render_ladder
-from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.render.crop import choose_crop_window, crop_mask
+from smartbrush.pipeline.render.images import read_header
+from smartbrush.pipeline.render.ladder import (blur_parameters, levels_from_map, map_from_levels, reference_ladder,
+                                               render_ladder, render_level_map)
+from smartbrush.pipeline.render.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
+                                              segmentation_to_rle)
 from smartbrush.schemas.mask_schedule import Level, from_dict
+from tests.conftest import shared_path
 
 
 def shapes():
@@ -78,3 +87,90 @@ def test_empty_mask_rejected():
     with pytest.raises(RecordError) as e:
         render_ladder(np.zeros((8, 8), bool), load_schedule("smartbrush"))
     assert e.value.reason == "empty_mask"
+
+
+# ---- the fast ladder against the full-resolution definition, on real masks ------------------------
+
+SAMPLE_DATA = pathlib.Path(__file__).resolve().parents[1] / "sample_data"
+BLUR_PRESETS = ["smartbrush", "smartbrush-fine", "pixels"]
+
+
+def _crop(rle: dict, box, image_size, render: RenderConfig) -> np.ndarray:
+    """The exact mask at crop resolution, as render_sample makes it."""
+    window = choose_crop_window(box, image_size, render.context, render.min_crop_fraction)
+    return crop_mask(rle_to_mask(rle), window, render.resolution)
+
+
+def coco_crops(annotations: pathlib.Path, render: RenderConfig = RenderConfig()):
+    """(annotation id, exact crop mask) for every annotation of a COCO file with a non-empty mask:
+    every instance a build could write (filters only remove some)."""
+    coco = json.loads(annotations.read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    for ann in coco["annotations"]:
+        im = images[ann["image_id"]]
+        try:
+            rle = segmentation_to_rle(ann["segmentation"], im["height"], im["width"])
+        except RecordError:
+            continue
+        area, box = rle_area_and_box(rle)
+        if area:
+            yield f"coco {ann['id']}", _crop(rle, box, (im["width"], im["height"]), render)
+
+
+def openimages_crops(root: pathlib.Path, render: RenderConfig = RenderConfig()):
+    for name in sorted(os.listdir(root / "masks")):
+        header = read_header((root / "images" / f"{name.split('_')[0]}.jpg").read_bytes())
+        width, height = header.size_for(True)
+        rle = openimages_mask_to_rle((root / "masks" / name).read_bytes(), width, height)
+        area, box = rle_area_and_box(rle)
+        if area:
+            yield f"openimages {name}", _crop(rle, box, (width, height), render)
+
+
+def assert_fast_ladder_matches_definition(crops, min_count: int) -> None:
+    """Per level IoU >= 0.98 between render_level_map (what shards hold) and the full-resolution
+    definition, on every mask, for every preset with blur levels; levels 0 and S are exact."""
+    schedules = [load_schedule(p) for p in BLUR_PRESETS]
+    n, worst = 0, 1.0
+    for name, exact in crops:
+        if not exact.any():
+            continue  # too small to survive the crop: render_sample rejects it (empty_mask)
+        n += 1
+        for schedule in schedules:
+            fast = levels_from_map(render_level_map(exact, schedule), schedule.num_levels)
+            reference = reference_ladder(exact, schedule)
+            assert np.array_equal(fast[0], reference[0]) and np.array_equal(fast[-1], reference[-1])
+            for s, (f, r) in enumerate(zip(fast[1:-1], reference[1:-1]), start=1):
+                iou = (f & r).sum() / (f | r).sum()
+                worst = min(worst, iou)
+                assert iou >= 0.98, f"{name}: {schedule.id} level {s}: IoU {iou:.4f}"
+    assert n >= min_count, n
+    print(f"{n} masks, worst IoU {worst:.4f}")
+
+
+def test_fast_ladder_matches_definition_on_embedded_sample_data():
+    crops = list(coco_crops(SAMPLE_DATA / "instances_sample.json")) + list(openimages_crops(SAMPLE_DATA / "openimages"))
+    assert_fast_ladder_matches_definition(crops, min_count=20)
+
+
+@pytest.mark.slow
+def test_fast_ladder_matches_definition_on_coco_val2017_tiny():
+    tiny = shared_path("coco_val2017_tiny")
+    assert_fast_ladder_matches_definition(coco_crops(tiny / "annotations" / "instances_val2017.json"), min_count=700)
+
+
+def test_level_map_of_a_ladder_round_trips():
+    schedule = load_schedule("smartbrush-fine")
+    for exact in shapes():
+        level_map = render_level_map(exact, schedule)
+        assert level_map.dtype == np.uint8 and set(np.unique(level_map)) <= set(range(7)) | {255}
+        levels = levels_from_map(level_map, 7)
+        assert np.array_equal(map_from_levels(levels), level_map)
+        assert np.array_equal(levels, render_ladder(exact, schedule))
+
+
+def test_too_many_levels_for_a_level_map():
+    blur = {"type": "blur", "sigma": 0.01, "units": "relative", "threshold": 0.05}
+    schedule = from_dict({"id": "t", "levels": [{"type": "exact"}] + [blur] * 254 + [{"type": "box"}]})
+    with pytest.raises(ValueError, match="at most 255"):
+        render_level_map(shapes()[0], schedule)

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartbrush.pipeline.render.samples import sample_masks
+from smartbrush.pipeline.render.samples import sample_masks, sample_num_levels
 from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 CELL = 160
@@ -45,11 +45,15 @@ def sample_row(sample: dict, max_levels: int) -> Image.Image:
     return row
 
 
+def _is_inpainting(sample: dict) -> bool:
+    return "json" in sample and json.loads(sample["json"]).get("task") == "inpainting"
+
+
 def contact_sheet(out_dir: str, n: int = 12) -> Image.Image:
     samples = list(iter_samples(out_dir, limit=n))
     if not samples:
         raise ValueError(f"{out_dir}: no samples to preview")
-    levels = max(len(json.loads(s["json"]).get("mask_keys", [])) if "json" in s else 0 for s in samples)
+    levels = max(sample_num_levels(s) if _is_inpainting(s) else 0 for s in samples)
     rows = [sample_row(s, levels) for s in samples]
     sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
     y = 0

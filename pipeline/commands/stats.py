@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.pipeline.render.samples import sample_masks, sample_meta
+from smartbrush.pipeline.render.samples import sample_level_map, sample_meta, sample_num_levels
 from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 
@@ -37,8 +37,11 @@ def shard_set_stats(out_dir: str, max_samples: int | None = None, progress: bool
         n += 1
         labels[meta["label"]] += 1
         sources[meta["source"]] += 1
-        for s, mask in enumerate(sample_masks(sample)):
-            coverage.setdefault(s, []).append(float(mask.mean()))
+        # Fraction of the crop inside each level: one histogram of the level map (v1 or v2).
+        level_map = sample_level_map(sample)
+        inside = np.cumsum(np.bincount(level_map.ravel(), minlength=256)[:sample_num_levels(sample, meta)])
+        for s, pixels in enumerate(inside):
+            coverage.setdefault(s, []).append(float(pixels) / level_map.size)
     return {
         "dir": out_dir,
         "kind": manifest["kind"],

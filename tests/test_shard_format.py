@@ -1,0 +1,195 @@
+"""Inpainting sample format v2 (one `levels.png` level map) and v1 (one PNG per level): encoding,
+the smartbrush accessors for both, and reading v2 with plain webdataset / wids / PIL as
+docs/shard-format.md shows."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smartbrush.config import RenderConfig, load_schedule
+from smartbrush.pipeline.render.ladder import render_ladder, render_level_map
+from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
+from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map, encode_masks,
+                                                encode_masks_v1, render_sample, sample_level_map, sample_mask,
+                                                sample_masks, sample_meta, sample_num_levels)
+from smartbrush.pipeline.storage.shards import write_shard
+from smartbrush.schemas import shard_sample
+
+FINE = load_schedule("smartbrush-fine")
+
+
+def _exact(size=96) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    m = (xx - 40) ** 2 + (yy - 50) ** 2 <= 20 ** 2
+    m[10:14, 30:80] = True  # a thin arm
+    return m
+
+
+def _meta(version: int, schedule=FINE, resolution=96) -> dict:
+    meta = {"schema": shard_sample.NAME, "schema_version": version, "task": "inpainting", "instance_id": "k",
+            "label": "cup", "captions": [], "resolution": resolution, "mask_schedule": schedule.to_json()}
+    if version == 1:
+        meta["mask_keys"] = shard_sample.mask_exts(schedule.num_levels)
+    return meta
+
+
+def _samples(exact=None, schedule=FINE) -> tuple[dict, dict]:
+    """(v1 sample, v2 sample) holding the same ladder."""
+    exact = _exact() if exact is None else exact
+    levels = render_ladder(exact, schedule)
+    v1 = {"__key__": "k", "jpg": b"j", "json": encode_json(_meta(1, schedule)), **encode_masks_v1(levels)}
+    v2 = {"__key__": "k", "jpg": b"j", "json": encode_json(_meta(2, schedule)), **encode_masks(levels)}
+    return v1, v2
+
+
+def test_level_map_png_round_trips_through_every_decoder():
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 256, (37, 53), dtype=np.uint8), np.full((8, 8), 255, np.uint8),
+            render_level_map(_exact(), FINE), np.zeros((1, 1), np.uint8)]
+    for level_map in maps:
+        data = encode_level_map(level_map)
+        assert data == encode_level_map(level_map.copy())  # deterministic
+        assert np.array_equal(decode_level_map(data), level_map)
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.mode == "L" and im.size == level_map.shape[::-1]
+            assert np.array_equal(np.asarray(im), level_map)
+
+
+def test_level_map_encoding_rejects_what_is_not_a_level_map():
+    for bad in (np.zeros((4, 4), bool), np.zeros((4, 4), np.int32), np.zeros((4, 4, 3), np.uint8),
+                np.zeros((0, 4), np.uint8)):
+        with pytest.raises(ValueError):
+            encode_level_map(bad)
+    with pytest.raises(ValueError):
+        decode_level_map(b"\x89PNG not really")
+    rgb = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(rgb, format="PNG")
+    with pytest.raises(ValueError, match="8-bit grayscale"):
+        decode_level_map(rgb.getvalue())
+
+
+def test_v1_and_v2_read_alike():
+    v1, v2 = _samples()
+    ladder = render_ladder(_exact(), FINE)
+    assert sample_num_levels(v1) == sample_num_levels(v2) == 7
+    assert np.array_equal(sample_level_map(v1), sample_level_map(v2))
+    for masks in (sample_masks(v1), sample_masks(v2)):
+        assert len(masks) == 7 and all(np.array_equal(a, b) for a, b in zip(masks, ladder))
+    for s in range(7):
+        assert np.array_equal(sample_mask(v1, s), ladder[s]) and np.array_equal(sample_mask(v2, s), ladder[s])
+    level_map = sample_level_map(v2)
+    assert (level_map == 255).sum() == level_map.size - ladder[-1].sum()
+    x0, y0, x1, y1 = mask_box(ladder[0])
+    assert (level_map[y0:y1, x0:x1] < 7).all()
+
+
+def test_accessors_refuse_what_they_cannot_read():
+    v1, v2 = _samples()
+    for sample in (v1, v2):
+        with pytest.raises(ValueError, match="outside 0..6"):
+            sample_mask(sample, 7)
+        with pytest.raises(ValueError, match="outside 0..6"):
+            sample_mask(sample, -1)
+    with pytest.raises(ValueError, match="versions? this smartbrush reads"):
+        sample_meta({**v2, "json": encode_json({**_meta(2), "schema_version": 3})})
+    with pytest.raises(ValueError, match="no levels.png member"):
+        sample_masks({k: v for k, v in v2.items() if k != "levels.png"})
+    with pytest.raises(ValueError, match="no mask_s3.png member"):
+        sample_mask({k: v for k, v in v1.items() if k != "mask_s3.png"}, 3)
+    bad = render_level_map(_exact(), FINE)
+    bad[50, 40] = 9  # S = 6
+    with pytest.raises(ValueError, match=r"values \[9\]"):
+        sample_masks({**v2, "levels.png": encode_level_map(bad)})
+
+
+def _row(mask: np.ndarray) -> dict:
+    x0, y0, x1, y1 = mask_box(mask)
+    rle = mask_to_rle(mask)
+    return {"instance_id": "coco_val_7_8", "source": "coco", "split": "val", "image_id": "7", "annotation_id": "8",
+            "image_path": "/x/7.jpg", "category_id": "47", "label": "cup", "captions": [],
+            "area": int(mask.sum()), "box_xyxy": [x0, y0, x1, y1],
+            "mask_rle_size": rle["size"], "mask_rle_counts": rle["counts"]}
+
+
+def test_render_sample_writes_v2():
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    mask = np.zeros((90, 120), bool)
+    yy, xx = np.mgrid[:90, :120]
+    mask[(xx - 50) ** 2 + (yy - 40) ** 2 <= 18 ** 2] = True
+    sample = render_sample(image, _row(mask), FINE, RenderConfig(resolution=64))
+    assert sorted(sample) == ["jpg", "json", "levels.png"]
+    meta = json.loads(sample["json"])
+    assert meta["schema_version"] == shard_sample.VERSION == 2 and "mask_keys" not in meta
+    assert set(meta) <= set(shard_sample.META_KEYS)
+    assert set(shard_sample.META_KEYS) - set(meta) <= {"image_sha256", "crop_policy"}  # filled by the build
+    level_map = decode_level_map(sample["levels.png"])
+    assert level_map.shape == (64, 64) and np.array_equal(render_level_map(level_map == 0, FINE), level_map)
+    assert list(mask_box(level_map == 0)) == meta["box_crop_xyxy"]
+
+
+@pytest.fixture()
+def v2_shard(tmp_path):
+    samples = []
+    for i, exact in enumerate([_exact(), np.roll(_exact(), 9, axis=1)]):
+        jpg = io.BytesIO()
+        Image.fromarray(np.full((96, 96, 3), 40 * i, np.uint8)).save(jpg, format="JPEG")
+        members = {"jpg": jpg.getvalue(), "json": encode_json({**_meta(2), "instance_id": f"k{i}"}),
+                   "levels.png": encode_level_map(render_level_map(exact, FINE))}
+        samples.append((f"k{i}", members))
+    info, _ = write_shard(str(tmp_path), "inpainting-000000.tar", samples)
+    return str(tmp_path / "inpainting-000000.tar"), {k: render_ladder(e, FINE) for k, e in
+                                                     zip(["k0", "k1"], [_exact(), np.roll(_exact(), 9, axis=1)])}
+
+
+def test_plain_webdataset_reads_v2(v2_shard):
+    import webdataset as wds
+
+    path, ladders = v2_shard
+    n = 0
+    # docs/shard-format.md's recipe, as written there
+    levels_png = wds.handle_extension("levels.png", lambda b: np.asarray(Image.open(io.BytesIO(b))))
+    for sample in wds.WebDataset(path, shardshuffle=False).decode(levels_png, "pil"):
+        level_map = sample["levels.png"]  # uint8 H x W; mask at level s = level_map <= s
+        assert level_map.dtype == np.uint8 and level_map.shape == (96, 96)
+        masks = [level_map <= s for s in range(len(sample["json"]["mask_schedule"]["levels"]))]
+        assert sample["jpg"].mode == "RGB" and sample["jpg"].size == (96, 96)
+        assert all(np.array_equal(a, b) for a, b in zip(masks, ladders[sample["__key__"]], strict=True))
+        n += 1
+    assert n == 2
+
+
+def test_wids_reads_v2(v2_shard):
+    import wids
+
+    path, ladders = v2_shard
+    dataset = wids.ShardListDataset([{"url": path, "nsamples": 2}])
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        level_map = np.asarray(sample[".levels.png"])
+        meta = sample[".json"] if isinstance(sample[".json"], dict) else json.loads(sample[".json"])
+        S = len(meta["mask_schedule"]["levels"]) - 1
+        assert np.array_equal(level_map <= S, ladders[sample["__key__"]][S])
+        assert np.array_equal(level_map <= 2, ladders[sample["__key__"]][2])
+
+
+def test_pil_and_tarfile_read_v2(v2_shard):
+    path, ladders = v2_shard
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        assert names == ["k0.jpg", "k0.json", "k0.levels.png", "k1.jpg", "k1.json", "k1.levels.png"]
+        level_map = np.asarray(Image.open(tar.extractfile("k1.levels.png")))
+    assert np.array_equal(level_map <= 3, ladders["k1"][3])
+
+
+def test_hf_datasets_reads_v2(v2_shard):
+    datasets = pytest.importorskip("datasets")
+    path, ladders = v2_shard
+    ds = datasets.load_dataset("webdataset", data_files={"train": path}, split="train")
+    row = ds[0]
+    assert np.array_equal(np.asarray(row["levels.png"]) <= 1, ladders["k0"][1])
