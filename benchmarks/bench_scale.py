@@ -69,7 +69,7 @@ def plain_loop(ann_path: str, images_dir: str, out: str, resolution: int, sample
                              table_dir=os.path.join(out, "instances"))
     os.makedirs(os.path.join(out, "instances"))
     for index in sorted(shards):
-        renderer.write(shard_name("inpainting", index), index, shards[index])
+        renderer.write(shard_name("inpainting", index), shards[index])
 
 
 def measure(cmd: list[str]) -> tuple[float, float, float]:

@@ -5,6 +5,7 @@ Each has run(argv=None) -> PipelineResult; flags the job does not know go to Bea
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 
@@ -23,7 +24,9 @@ from smartbrush.pipeline.sources import coco, openimages
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.identity import make_identity
 from smartbrush.pipeline.storage.manifest import input_file_entry
-from smartbrush.pipeline.transforms.finalize import finalize
+from smartbrush.pipeline.storage.manifest import finalize_set, read_manifest, read_rejected
+from smartbrush.pipeline.storage.shard_plan import chunk_of, chunk_prefix
+from smartbrush.pipeline.transforms.finalize import chunk_record_path, finalize, read_chunk_record
 from smartbrush.pipeline.transforms.ingest import INPUTS, REJECTED, IngestCoco, IngestOpenImages
 from smartbrush.pipeline.transforms.shards import REJECTED as SHARD_REJECTED
 from smartbrush.pipeline.transforms.shards import PlanAndWriteShards
@@ -74,16 +77,17 @@ def check_sources(args) -> list[dict]:
     return files
 
 
-def ingest_sources(p, args, cfg: config_mod.BuildConfig):
+def ingest_sources(p, args, cfg: config_mod.BuildConfig, chunk: tuple[int, int] = (0, 1)):
     """All configured sources -> (per-image row lists, rejected rows, input counts)."""
     rows, rejected, inputs = [], [], []
     if args.coco_annotations:
-        out = p | "IngestCoco" >> IngestCoco(args.coco_annotations, args.coco_images, _coco_split(args), cfg.filters)
+        out = p | "IngestCoco" >> IngestCoco(args.coco_annotations, args.coco_images, _coco_split(args), cfg.filters,
+                                                 chunk)
         rows.append(out["rows"]), rejected.append(out[REJECTED]), inputs.append(out[INPUTS])
     if args.openimages_segmentations:
         out = p | "IngestOpenImages" >> IngestOpenImages(args.openimages_segmentations, args.openimages_masks,
                                                          args.openimages_images, args.openimages_classes,
-                                                         args.openimages_split, cfg.filters)
+                                                         args.openimages_split, cfg.filters, chunk)
         rows.append(out["rows"]), rejected.append(out[REJECTED]), inputs.append(out[INPUTS])
 
     def flat(pcolls, name):
@@ -115,20 +119,57 @@ def run_build(argv: list[str] | None = None) -> PipelineResult:
     described = describe_captioner(captioner)
     prepare_output(args.out, cfg, make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule.to_json(),
                                                 described, input_files))
-    options, runner = pipeline_options(beam_args)
-    p = beam.Pipeline(runner=runner, options=options)
-    rows, rejected, inputs = ingest_sources(p, args, cfg)
     # The label caption is always there (the fallback text); a model's caption is added to it, in the
     # stage that renders the shard, so that each source image is decoded once.
     captioners = [LabelCaptioner()] + ([captioner] if captioner.needs_image else [])
     batch = captioner.runtime.max_batch_size if captioner.needs_image else 32
     renderer = ShardRenderer(args.out, schedule, cfg.render, captioners, table_dir=fileio.join(args.out, "instances"),
                              caption_batch=batch)
-    written = rows | "Shards" >> PlanAndWriteShards(renderer, cfg.shards.prefix, cfg.shards.samples_per_shard)
-    all_rejected = (rejected, written[SHARD_REJECTED]) | "Rejected" >> beam.Flatten()
-    finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, written.shards,
-             all_rejected, inputs, lineage={"captioner": described})
-    return run_with_progress(p, args.out)
+    lineage = {"captioner": described}
+
+    def pipeline(chunk: tuple[int, int], prefix: str, record: str | None):
+        p = beam.Pipeline(runner=runner, options=options)
+        rows, rejected, inputs = ingest_sources(p, args, cfg, chunk)
+        written = rows | "Shards" >> PlanAndWriteShards(renderer, prefix, cfg.shards.samples_per_shard)
+        all_rejected = (rejected, written[SHARD_REJECTED]) | "Rejected" >> beam.Flatten()
+        finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, written.shards,
+                 all_rejected, inputs, lineage=lineage, chunk_record=record)
+        return p
+
+    options, runner = pipeline_options(beam_args)
+    return run_in_chunks(args.out, cfg, pipeline, schedule.to_json(), input_files, lineage=lineage)
+
+
+def run_in_chunks(out_dir: str, cfg: config_mod.BuildConfig, pipeline, schedule: dict, input_files: list[dict],
+                  upstream: str | None = None, lineage: dict | None = None) -> PipelineResult:
+    """Run `pipeline(chunk, shard prefix, chunk record path)` once (unchunked: it finalizes itself) or
+    once per chunk that is not finished yet, then finalize the whole set from the chunk records."""
+    chunks = cfg.shards.chunks
+    if chunks == 1:
+        return run_with_progress(pipeline((0, 1), cfg.shards.prefix, None), out_dir, cfg.shards.prefix)
+    result = None
+    for c in range(chunks):
+        record = chunk_record_path(out_dir, c)
+        if read_chunk_record(record) is not None:
+            log.info("build: chunk %d/%d already finished", c + 1, chunks)
+            continue
+        prefix = chunk_prefix(cfg.shards.prefix, c, chunks)
+        result = run_with_progress(pipeline((c, chunks), prefix, record), out_dir, prefix, f"chunk {c + 1}/{chunks}: ")
+    records = [read_chunk_record(chunk_record_path(out_dir, c)) for c in range(chunks)]
+    unfinished = [c for c, r in enumerate(records) if r is None]
+    shards = [s for r in records if r for s in r["shards"]]
+    rejected = [row for r in records if r for row in r["rejected"]]
+    n_inputs = sum(r["inputs"] for r in records if r)
+    if unfinished:  # chunks whose images failed to load: their rejections stand for this run
+        for c in unfinished:
+            record = json.loads(fileio.read_bytes(chunk_record_path(out_dir, c)))
+            shards, rejected, n_inputs = shards + record["shards"], rejected + record["rejected"], n_inputs + record["inputs"]
+    if upstream:
+        rejected += read_rejected(upstream)
+        n_inputs = read_manifest(upstream)["counts"]["inputs"]
+    finalize_set(out_dir, manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule, input_files, n_inputs, shards,
+                 rejected, lineage)
+    return result
 
 
 def ingest_parser(source: str) -> argparse.ArgumentParser:
@@ -183,13 +224,21 @@ def run_shard(argv: list[str] | None = None) -> PipelineResult:
                    else [{"path": args.table, "bytes": 0, "sha256": ""}])
     prepare_output(args.out, cfg, make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule.to_json(),
                                                 inputs=input_files))
-    options, runner = pipeline_options(beam_args)
-    p = beam.Pipeline(runner=runner, options=options)
-    rows = read_instance_table(p, args.table)
-    inputs = (rows | "CountRows" >> beam.Map(len) | "Sum" >> beam.CombineGlobally(sum)
-              | "Tag" >> beam.Map(lambda n: (args.table, n)))
     renderer = ShardRenderer(args.out, schedule, cfg.render)
-    written = rows | "Shards" >> PlanAndWriteShards(renderer, cfg.shards.prefix, cfg.shards.samples_per_shard)
-    finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, written.shards,
-             written[SHARD_REJECTED], inputs, upstream_dir=upstream)
-    return run_with_progress(p, args.out)
+
+    def pipeline(chunk: tuple[int, int], prefix: str, record: str | None):
+        p = beam.Pipeline(runner=runner, options=options)
+        rows = read_instance_table(p, args.table)
+        if chunk[1] > 1:
+            rows = rows | "InChunk" >> beam.Filter(
+                lambda rs, c: chunk_of(rs[0]["source"], rs[0]["image_id"], c[1]) == c[0], chunk)
+        inputs = (rows | "CountRows" >> beam.Map(len) | "Sum" >> beam.CombineGlobally(sum)
+                  | "Tag" >> beam.Map(lambda n: (args.table, n)))
+        written = rows | "Shards" >> PlanAndWriteShards(renderer, prefix, cfg.shards.samples_per_shard)
+        finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, written.shards,
+                 written[SHARD_REJECTED], inputs, upstream_dir=upstream if record is None else None,
+                 chunk_record=record)
+        return p
+
+    options, runner = pipeline_options(beam_args)
+    return run_in_chunks(args.out, cfg, pipeline, schedule.to_json(), input_files, upstream=upstream)

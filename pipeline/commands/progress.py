@@ -17,12 +17,12 @@ from apache_beam.runners.runner import PipelineResult
 
 from smartbrush.pipeline.render.shard_render import PARTS_DIR
 from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.transforms.shards import PLAN_FILE
+from smartbrush.pipeline.transforms.shards import plan_file
 
 
 class ShardProgress:
-    def __init__(self, out_dir: str, interval: float = 5.0, stream=None):
-        self.parts = fileio.join(out_dir, PARTS_DIR)
+    def __init__(self, out_dir: str, prefix: str, interval: float = 5.0, stream=None, label: str = ""):
+        self.parts, self.prefix, self.label = fileio.join(out_dir, PARTS_DIR), prefix, label
         self.interval, self.stream = interval, stream or sys.stderr
         self.seen: dict[str, int] = {}
         self.plan: dict | None = None
@@ -33,9 +33,10 @@ class ShardProgress:
     def poll(self) -> str | None:
         """Read the new part files; the progress line, or None before the plan exists."""
         try:
-            if self.plan is None and fileio.exists(fileio.join(self.parts, PLAN_FILE)):
-                self.plan = json.loads(fileio.read_bytes(fileio.join(self.parts, PLAN_FILE)))
-            for m in FileSystems.match([fileio.join(self.parts, "*.tar.json")])[0].metadata_list:
+            plan = fileio.join(self.parts, plan_file(self.prefix))
+            if self.plan is None and fileio.exists(plan):
+                self.plan = json.loads(fileio.read_bytes(plan))
+            for m in FileSystems.match([fileio.join(self.parts, f"{self.prefix}-[0-9]*.tar.json")])[0].metadata_list:
                 if m.path not in self.seen:
                     self.seen[m.path] = json.loads(fileio.read_bytes(m.path))["instances"]
         except (OSError, ValueError):
@@ -44,7 +45,7 @@ class ShardProgress:
             return None
         done = sum(self.seen.values())
         rate = done / max(time.monotonic() - self.start, 1e-9)
-        return (f"shards {len(self.seen)}/{self.plan['shards']}, instances {done}/{self.plan['instances']}, "
+        return (f"{self.label}shards {len(self.seen)}/{self.plan['shards']}, instances {done}/{self.plan['instances']}, "
                 f"{rate:.1f} instances/s")
 
     def _loop(self) -> None:
@@ -67,13 +68,14 @@ class ShardProgress:
             print(file=self.stream)
 
 
-def run_with_progress(p, out_dir: str | None, interval: float = 5.0) -> PipelineResult:
+def run_with_progress(p, out_dir: str | None, prefix: str = "", label: str = "",
+                      interval: float = 5.0) -> PipelineResult:
     """Run the pipeline to completion, printing the progress line while it runs."""
     if out_dir is None:
         result = p.run()
         result.wait_until_finish()
         return result
-    with ShardProgress(out_dir, interval):
+    with ShardProgress(out_dir, prefix, interval, label=label):
         result = p.run()
         result.wait_until_finish()
     return result

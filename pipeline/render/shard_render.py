@@ -57,8 +57,9 @@ def part_path(out_dir: str, name: str) -> str:
     return fileio.join(out_dir, PARTS_DIR, f"{name}.json")
 
 
-def table_part_path(table_dir: str, index: int) -> str:
-    return fileio.join(table_dir, f"instances-{index:06d}.parquet")
+def table_part_path(table_dir: str, shard: str) -> str:
+    """The instance-table file holding the rows of shard `shard` (e.g. instances-inpainting-000003.parquet)."""
+    return fileio.join(table_dir, f"instances-{shard.removesuffix('.tar')}.parquet")
 
 
 def _retry_on_resume(row: dict) -> bool:
@@ -104,7 +105,7 @@ class ShardRenderer:
         self.out_dir, self.schedule, self.render, self.stage = out_dir, schedule, render, stage
         self.captioners, self.table_dir, self.caption_batch = list(captioners), table_dir, caption_batch
 
-    def write(self, name: str, index: int, row_lists: list[list[dict]]) -> ShardOutcome:
+    def write(self, name: str, row_lists: list[list[dict]]) -> ShardOutcome:
         row_lists = sorted((sorted(rs, key=lambda r: r["instance_id"]) for rs in row_lists), key=image_key)
         digest = plan_digest(r["instance_id"] for rs in row_lists for r in rs)
         part = reusable_part(self.out_dir, name, digest)
@@ -123,7 +124,7 @@ class ShardRenderer:
             outcome.info = None
             FileSystems.delete([path])
         if self.table_dir:
-            self._write_table_part(index, table_rows)
+            self._write_table_part(name, table_rows)
         record = {"version": PART_VERSION, "plan": digest, "info": outcome.info,
                   "instances": sum(len(rs) for rs in row_lists),
                   "rejected": sorted(outcome.rejected, key=lambda r: (r["record_id"], r["stage"], r["reason"]))}
@@ -193,8 +194,8 @@ class ShardRenderer:
                     yield row["instance_id"], sample
                 img.image = None  # drop the decoded image before the next group
 
-    def _write_table_part(self, index: int, rows: list[dict]) -> None:
+    def _write_table_part(self, name: str, rows: list[dict]) -> None:
         table = pa.Table.from_pylist(rows, schema=instance_table.SCHEMA)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        fileio.atomic_write_bytes(table_part_path(self.table_dir, index), buf.getvalue())
+        fileio.atomic_write_bytes(table_part_path(self.table_dir, name), buf.getvalue())

@@ -49,3 +49,16 @@ def plan_digest(instance_ids: Iterable[str]) -> str:
         h.update(instance_id.encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def chunk_of(source: str, image_id: str, chunks: int) -> int:
+    """The build chunk of a source image: a stable hash of (source, image id), so that every
+    instance of an image lands in the same chunk whatever the runner."""
+    if chunks == 1:
+        return 0
+    return int(hashlib.sha256(f"{source}/{image_id}".encode()).hexdigest()[:12], 16) % chunks
+
+
+def chunk_prefix(prefix: str, chunk: int, chunks: int) -> str:
+    """Shard name prefix of a chunk: `inpainting` for an unchunked build, `inpainting-c0003` else."""
+    return prefix if chunks == 1 else f"{prefix}-c{chunk:04d}"

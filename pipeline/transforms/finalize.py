@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import json
+
 import apache_beam as beam
 
 from smartbrush.config import BuildConfig
+from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.manifest import finalize_set, read_manifest, read_rejected
+
+CHUNKS_DIR = "chunk_parts"
+
+
+def chunk_record_path(out_dir: str, chunk: int) -> str:
+    return fileio.join(out_dir, CHUNKS_DIR, f"chunk-{chunk:04d}.json")
+
+
+def write_chunk_record(path: str, shards: list[dict], rejected: list[dict], n_inputs: int) -> dict:
+    record = {"shards": sorted(shards, key=lambda s: s["name"]), "inputs": n_inputs,
+              "rejected": sorted(rejected, key=lambda r: (r["record_id"], r["stage"], r["reason"], r["detail"]))}
+    fileio.atomic_write_bytes(path, json.dumps(record, sort_keys=True).encode())
+    return record
+
+
+def read_chunk_record(path: str) -> dict | None:
+    """A finished chunk's record, or None when the chunk must run (again): absent, or an image of it
+    failed to load (it may have been fixed since)."""
+    if not fileio.exists(path):
+        return None
+    record = json.loads(fileio.read_bytes(path))
+    if any(r["reason"].startswith("image_") for r in record["rejected"]):
+        return None
+    return record
 
 
 class FinalizeShardSet(beam.DoFn):
@@ -13,13 +40,17 @@ class FinalizeShardSet(beam.DoFn):
     the job when the counts do not reconcile."""
 
     def __init__(self, out_dir: str, kind: str, config: dict, schedule: dict | None, input_files: list[dict],
-                 upstream_dir: str | None = None, lineage: dict | None = None):
+                 upstream_dir: str | None = None, lineage: dict | None = None, chunk_record: str | None = None):
         self.out_dir, self.kind, self.config, self.schedule = out_dir, kind, config, schedule
         self.input_files, self.upstream_dir, self.lineage = input_files, upstream_dir, lineage
+        self.chunk_record = chunk_record
 
     def process(self, _, shards, rejected, inputs):
         rejected = list(rejected)
         n_inputs = sum(n for _, n in inputs)
+        if self.chunk_record:  # one chunk of a chunked build: the launcher finalizes once all are done
+            yield write_chunk_record(self.chunk_record, list(shards), rejected, n_inputs)
+            return
         if self.upstream_dir:
             # A stage reading an earlier stage's output carries its rejections and input count.
             rejected += read_rejected(self.upstream_dir)
@@ -30,9 +61,10 @@ class FinalizeShardSet(beam.DoFn):
 
 def finalize(pbegin_or_p, out_dir: str, kind: str, config: BuildConfig | dict, schedule: dict | None,
              input_files: list[dict], shards, rejected, inputs, upstream_dir: str | None = None,
-             lineage: dict | None = None):
+             lineage: dict | None = None, chunk_record: str | None = None):
     cfg = config.to_dict() if isinstance(config, BuildConfig) else config
+    fn = FinalizeShardSet(out_dir, kind, cfg, schedule, input_files, upstream_dir, lineage, chunk_record)
     return (pbegin_or_p | "FinalizeTrigger" >> beam.Create([None])
-            | "Finalize" >> beam.ParDo(FinalizeShardSet(out_dir, kind, cfg, schedule, input_files, upstream_dir, lineage),
+            | "Finalize" >> beam.ParDo(fn,
                                        shards=beam.pvalue.AsList(shards), rejected=beam.pvalue.AsList(rejected),
                                        inputs=beam.pvalue.AsList(inputs)))

@@ -18,7 +18,10 @@ from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, s
 from smartbrush.pipeline.storage.shards import shard_name
 
 REJECTED = "rejected"
-PLAN_FILE = "plan.json"
+
+
+def plan_file(prefix: str) -> str:
+    return f"plan-{prefix}.json"
 
 
 class PlanCombineFn(beam.CombineFn):
@@ -41,10 +44,10 @@ class PlanCombineFn(beam.CombineFn):
         return {"boundaries": plan_boundaries(acc, self.samples_per_shard), "instances": sum(n for _, n in acc)}
 
 
-def _write_plan(plan: dict, out_dir: str) -> dict:
-    """plan.json for the progress line: shard and instance totals (rewritten identically on re-runs)."""
+def _write_plan(plan: dict, out_dir: str, prefix: str) -> dict:
+    """The plan's totals for the progress line (rewritten identically on re-runs)."""
     summary = {"shards": len(plan["boundaries"]), "instances": plan["instances"]}
-    fileio.atomic_write_bytes(fileio.join(out_dir, PARTS_DIR, PLAN_FILE), json.dumps(summary).encode())
+    fileio.atomic_write_bytes(fileio.join(out_dir, PARTS_DIR, plan_file(prefix)), json.dumps(summary).encode())
     return plan
 
 
@@ -63,7 +66,7 @@ class WriteShardDoFn(beam.DoFn):
 
     def process(self, element):
         index, row_lists = element
-        outcome = self.renderer.write(shard_name(self.prefix, index), index, list(row_lists))
+        outcome = self.renderer.write(shard_name(self.prefix, index), list(row_lists))
         (self.written if outcome.written_now else self.reused).inc()
         self.decoded.inc(outcome.images_decoded)
         self.captions.inc(outcome.captions_added)
@@ -88,7 +91,7 @@ class PlanAndWriteShards(beam.PTransform):
         plan = (row_lists
                 | "ImageCounts" >> beam.Map(lambda rows: (image_key(rows), len(rows)))
                 | "Plan" >> beam.CombineGlobally(PlanCombineFn(self.samples_per_shard))
-                | "WritePlan" >> beam.Map(_write_plan, out_dir))
+                | "WritePlan" >> beam.Map(_write_plan, out_dir, self.prefix))
         return (row_lists
                 | "AssignShard" >> beam.Map(lambda rows, p: (shard_of(image_key(rows), p["boundaries"]), rows),
                                             pvalue.AsSingleton(plan))
