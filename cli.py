@@ -19,6 +19,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "verify": ("smartbrush.pipeline.commands.verify", "main", "check every shard against its manifest"),
     "stats": ("smartbrush.pipeline.commands.stats", "main", "counts and distributions of a shard set"),
     "preview": ("smartbrush.pipeline.commands.preview", "main", "contact sheet of samples with every mask level"),
+    "sample": ("smartbrush.eval.commands", "sample_main", "inpaint one image with a SmartBrush checkpoint at a mask precision level"),
+    "eval": ("smartbrush.eval.commands", "eval_main", "FID, local FID, CLIP score, background preservation, mask IoU vs baselines"),
 }
 
 INGEST_SOURCES = {"coco", "openimages"}

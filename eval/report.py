@@ -1,0 +1,130 @@
+"""Write an evaluation's outputs: metrics.json, metrics.csv, metrics.md, grid_s<level>.png, config.yaml."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from smartbrush.eval.config import to_yaml
+
+CSV_FIELDS = ("method", "level", "precision", "metric", "value", "samples", "feature_sha256")
+LOWER_IS_BETTER = {"fid", "local_fid", "bg_mse_outside", "bg_mse_mask_not_object"}
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_all(out: str, result: dict, grid: dict, samples, levels, cfg) -> None:
+    result = dict(result)
+    result["metrics"] = [{k: _json_safe(v) for k, v in r.items()} for r in result["metrics"]]
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in result["metrics"]:
+            w.writerow({k: r[k] for k in CSV_FIELDS})
+    with open(os.path.join(out, "metrics.md"), "w") as f:
+        f.write(markdown(result))
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(to_yaml(cfg))
+    for lv in levels:
+        grid_png(samples, lv, grid[lv]).save(os.path.join(out, f"grid_s{lv}.png"))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown(result: dict) -> str:
+    rows = result["metrics"]
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    bench = result["benchmark"]
+    lines = [f"# Evaluation of {result['checkpoint']['path']}", "",
+             f"Benchmark `{bench['path']}` (manifest sha256 `{bench['manifest_sha256'][:12]}`), "
+             f"{bench['samples_evaluated']} samples. Lower is better for "
+             f"{', '.join(sorted(LOWER_IS_BETTER))}; higher for the rest.", ""]
+    for lv in result["levels"]:
+        lines += [f"## Benchmark level {lv['benchmark_level']} (checkpoint precision s = {lv['precision']})", "",
+                  "| method | " + " | ".join(metrics) + " | n |", "|---" * (len(metrics) + 2) + "|"]
+        for method in result["methods"]:
+            got = {r["metric"]: r for r in rows if r["method"] == method and r["level"] == lv["benchmark_level"]}
+            n = max((r["samples"] for r in got.values()), default=0)
+            lines.append(f"| {method} | " + " | ".join(_fmt(got[m]["value"]) if m in got else "n/a" for m in metrics)
+                         + f" | {n} |")
+        lines.append("")
+    fe = result["feature_extractors"]
+    lines += ["## Provenance", ""]
+    for name, p in fe.items():
+        lines.append(f"- {name}: " + (f"{p['kind']} `{p['path']}` sha256 `{p['sha256']}`" if p else "not used"))
+    for name, m in result["methods"].items():
+        lines.append(f"- {name}: UNet weights sha256 `{m['weights_sha256']}`")
+    c = result["contamination"]
+    if c["checked"]:
+        lines.append(f"- contamination: {c['benchmark_samples_overlapping']} benchmark samples share a source image "
+                     f"with {len(c['shard_sets'])} training shard set(s)"
+                     + (" (allowed with --allow-overlap)" if c["benchmark_samples_overlapping"] else ""))
+    else:
+        lines.append(f"- contamination: not checked ({c['note']})")
+    for note in result["not_computed"]:
+        lines.append(f"- not computed: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha=0.45) -> np.ndarray:
+    out = image.astype(np.float32).copy()
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
+    return out.astype(np.uint8)
+
+
+def grid_png(samples, level: int, outputs: dict[str, list], cell: int = 160) -> Image.Image:
+    """Rows: samples; columns: the input with the given mask (red), then every method's output (predicted
+    masks in green beside SmartBrush outputs)."""
+    columns = ["input (given mask)"]
+    for name, items in outputs.items():
+        columns.append(name)
+        if any(p is not None for _, p in items):
+            columns.append(f"{name} mask")
+    n_rows = min(len(samples), max((len(v) for v in outputs.values()), default=0)) or min(len(samples), 1)
+    header = 18
+    sheet = Image.new("RGB", (cell * len(columns), header + cell * n_rows), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(columns):
+        draw.text((c * cell + 3, 3), title[:26], fill="black")
+
+    def put(arr, r, c):
+        sheet.paste(Image.fromarray(arr).resize((cell, cell), Image.Resampling.BILINEAR), (c * cell, header + r * cell))
+
+    for r in range(n_rows):
+        s = samples[r]
+        put(_overlay(s.image, s.masks[level]), r, 0)
+        c = 1
+        for name, items in outputs.items():
+            has_mask = any(p is not None for _, p in items)
+            if r < len(items):
+                img, pred = items[r]
+                put(img, r, c)
+                if has_mask and pred is not None:
+                    put(_overlay(img, pred, (0, 255, 0)), r, c + 1)
+            c += 2 if has_mask else 1
+        draw.text((3, header + r * cell + 3), s.prompt()[:24], fill="yellow")
+    return sheet
+
+
+def save_images(out: str, method: str, level: int, batch, outs, preds) -> None:
+    folder = os.path.join(out, "images", method, f"s{level}")
+    os.makedirs(folder, exist_ok=True)
+    for k, (b, o) in enumerate(zip(batch, outs)):
+        Image.fromarray(o).save(os.path.join(folder, f"{b.key}.png"))
+        if preds is not None:
+            Image.fromarray(preds[k].astype(np.uint8) * 255).save(os.path.join(folder, f"{b.key}_mask.png"))
