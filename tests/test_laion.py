@@ -21,10 +21,10 @@ from PIL import Image
 from smartbrush.pipeline.commands import laion
 from smartbrush.pipeline.sources.laion_filter import (Columns, LaionFilters, check_columns, check_row, common_metadata,
                                               filter_table)
-from smartbrush.pipeline.sources.laion_fold import error_class, fold_shard, fold_stats, scan_tar, unrecorded_rows
+from smartbrush.pipeline.sources.laion_fold import error_class, fold_shard, fold_stats, unrecorded_rows
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
 from smartbrush.pipeline.render.samples import decode_jpeg
-from smartbrush.pipeline.storage.shards import count_samples
+from smartbrush.pipeline.storage.shards import count_samples, scan_tar
 from smartbrush.pipeline.commands.verify import verify_shard_set
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

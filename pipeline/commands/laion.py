@@ -24,7 +24,8 @@ from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
                                               check_columns, expand_inputs, read_schema_names,
                                               write_download_list)
-from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, scan_tar, shard_stem, unrecorded_rows
+from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, shard_stem, unrecorded_rows
+from smartbrush.pipeline.storage.shards import scan_tar
 from smartbrush.pipeline.storage.identity import claim_output, make_identity
 from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry
 from smartbrush.pipeline.storage.shards import shard_info

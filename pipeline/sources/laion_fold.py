@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tarfile
 from collections import Counter
 
-from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import rejection
 from smartbrush.pipeline.sources.laion_filter import SOURCE, SOURCE_FILE, SOURCE_ROW, STAGE, record_id
 
@@ -94,28 +91,3 @@ def fold_stats(stats: list[dict]) -> dict:
             if message != "success":
                 failed[error_class(message)] += int(n)
     return {"count": count, "successes": successes, "failed": dict(sorted(failed.items()))}
-
-
-class _HashingReader:
-    def __init__(self, raw):
-        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
-
-    def read(self, n=-1):
-        data = self.raw.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-
-def scan_tar(path: str) -> tuple[int, str, set[str]]:
-    """(bytes, sha256, sample keys) of a tar in one read. Keys as smartbrush.pipeline.storage.shards counts them."""
-    keys = set()
-    with fileio.open_read(path) as raw:
-        stream = _HashingReader(raw)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if member.isfile():
-                    keys.add(member.name.split(".", 1)[0])
-        while stream.read(1 << 22):  # the end-of-archive padding tarfile leaves unread
-            pass
-    return stream.bytes, stream.sha256.hexdigest(), keys

@@ -44,12 +44,48 @@ def shard_info(name: str, samples: int, nbytes: int, sha256: str) -> dict:
     return {"name": name, "samples": samples, "bytes": nbytes, "sha256": sha256}
 
 
+def member_keys(fileobj, *, tolerant: bool = False) -> list[str]:
+    """Sample keys of a tar stream in order, one per run of members sharing a key (our keys hold no
+    dots). `tolerant`: stop quietly at the first damaged header and return the keys read so far."""
+    keys: list[str] = []
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key = member.name.split(".", 1)[0]
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+    except (tarfile.TarError, OSError, EOFError):
+        if not tolerant:
+            raise
+    return keys
+
+
+class _HashingReader:
+    def __init__(self, raw):
+        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def scan_tar(path: str) -> tuple[int, str, set[str]]:
+    """(bytes, sha256, sample keys) of a tar in one read."""
+    with fileio.open_read(path) as raw:
+        stream = _HashingReader(raw)
+        keys = set(member_keys(stream))
+        while stream.read(1 << 22):  # the end-of-archive padding tarfile leaves unread
+            pass
+    return stream.bytes, stream.sha256.hexdigest(), keys
+
+
 def count_samples(path: str) -> int:
-    keys = set()
-    with fileio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            keys.add(member.name.split(".", 1)[0])  # our keys hold no dots
-    return len(keys)
+    with fileio.open_read(path) as f:
+        return len(set(member_keys(f)))
 
 
 def existing_shard_info(path: str, name: str) -> dict:
