@@ -1,0 +1,240 @@
+"""SmartBrushPipeline and `smartbrush sample` on tiny random models (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from smartbrush.model.sampling_pipeline import SmartBrushPipeline
+
+SIZE = 32  # pixels; the tiny VAE halves it once (latents 16 x 16)
+
+
+# ---- tiny components (also used by tests/test_eval.py) ---------------------------------------------
+
+def tiny_tokenizer(folder: str):
+    from transformers import CLIPTokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
+
+
+def tiny_text_encoder(tok, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+                         sample_size=SIZE).eval()
+
+
+def tiny_unet(in_channels: int = 9, out_channels: int = 5, num_class_embeds: int | None = 2, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(sample_size=SIZE // 2, in_channels=in_channels, out_channels=out_channels,
+                                layers_per_block=1, block_out_channels=(32, 64),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=32, num_class_embeds=num_class_embeds).eval()
+
+
+def tiny_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def tiny_components(folder: str, levels: int = 2, seed: int = 0) -> dict:
+    tok = tiny_tokenizer(os.path.join(folder, "_tokenizer_src"))
+    return {"vae": tiny_vae(seed), "text_encoder": tiny_text_encoder(tok, seed), "tokenizer": tok,
+            "unet": tiny_unet(9, 5, levels, seed), "scheduler": tiny_scheduler()}
+
+
+def set_mask_bias(unet, value: float) -> None:
+    """Make the mask-logit channel constant: predicted mask everywhere (value > 0) or nowhere (< 0)."""
+    with torch.no_grad():
+        unet.conv_out.weight[4].zero_()
+        unet.conv_out.bias[4] = value
+
+
+def write_run_folder(run: str, levels: int = 2, seed: int = 0, lineage: dict | None = None) -> str:
+    """A training run's folder as the trainer writes it: final/{unet,vae,text_encoder,tokenizer,scheduler}
+    (no model_index.json) and lineage.json."""
+    parts = tiny_components(run, levels, seed)
+    final = os.path.join(run, "final")
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        parts[name].save_pretrained(os.path.join(final, name))
+    parts["scheduler"].save_pretrained(os.path.join(final, "scheduler"))
+    if lineage is not None:
+        with open(os.path.join(run, "lineage.json"), "w") as f:
+            json.dump(lineage, f)
+    return run
+
+
+def picture(seed: int, size: int = SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = np.stack([xx * 255 // size, yy * 255 // size, np.full_like(xx, 90)], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def box_mask(size: int = SIZE) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    m[8:24, 6:22] = True
+    return m
+
+
+# ---- fixtures --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    p = SmartBrushPipeline(**tiny_components(str(tmp_path_factory.mktemp("tiny"))))
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def run(pipe, seed=0, **kw):
+    args = dict(prompt="a red ball", image=Image.fromarray(picture(1)),
+                mask_image=Image.fromarray(box_mask().astype(np.uint8) * 255), precision=1, num_inference_steps=4,
+                generator=torch.Generator().manual_seed(seed), output_type="np")
+    args.update(kw)
+    return pipe(**args)
+
+
+# ---- tests -----------------------------------------------------------------------------------------
+
+def test_output_shapes_for_a_batch(pipe):
+    out = run(pipe, prompt=["a red ball", "a cat"], precision=[0, 1], output_type="pil")
+    assert [im.size for im in out.images] == [(SIZE, SIZE)] * 2
+    assert [m.size for m in out.masks] == [(SIZE, SIZE)] * 2
+    out = run(pipe, num_images_per_prompt=3)
+    assert out.images.shape == (3, SIZE, SIZE, 3) and out.masks.shape == (3, SIZE, SIZE)
+    assert set(np.unique(out.masks)) <= {0.0, 1.0}
+    assert not (out.masks.astype(bool) & ~box_mask()).any()  # the predicted mask never leaves the given one
+
+
+def test_same_generator_same_output(pipe):
+    a, b, c = run(pipe, seed=3), run(pipe, seed=3), run(pipe, seed=4)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    assert not np.array_equal(a.images, c.images)
+
+
+@pytest.mark.parametrize("switch_at", [0.5, None])
+def test_pixels_outside_the_given_mask_are_the_input(pipe, switch_at):
+    out = run(pipe, switch_at=switch_at, output_type="pil")
+    got, given = np.asarray(out.images[0]), box_mask()
+    assert np.array_equal(got[~given], picture(1)[~given])
+    assert not np.array_equal(got[given], picture(1)[given])  # something was painted inside
+
+
+def test_switch_to_the_predicted_mask_at_the_configured_step(tmp_path):
+    p = SmartBrushPipeline(**tiny_components(str(tmp_path)))
+    p.set_progress_bar_config(disable=True)
+    set_mask_bias(p.unet, -8.0)  # the model predicts "no object": after the switch nothing is painted
+    seen = {}
+
+    def callback(pipe, step, t, kw):
+        seen[step] = (kw["blend_mask"].clone(), kw["mask_logits"].clone(), kw["mask"].clone())
+        return {}
+
+    out = run(p, num_inference_steps=8, switch_at=0.25, callback_on_step_end=callback,
+              callback_on_step_end_tensor_inputs=["blend_mask", "mask_logits", "mask"])
+    assert sorted(seen) == list(range(8)) and p.switch_step == 2
+    for step, (blend, logits, given) in seen.items():
+        assert given.sum() > 0
+        if step < 2:
+            assert torch.equal(blend, given)
+        else:
+            assert torch.equal(blend, ((torch.sigmoid(logits) > 0.5).float() * given).to(blend.dtype))
+            assert blend.sum() == 0
+    # Composited through an empty predicted mask, the whole image is the input.
+    assert np.array_equal((out.images[0] * 255).round().astype(np.uint8), picture(1))
+    assert out.masks.sum() == 0
+    # A model that predicts "object everywhere" blends through the given mask (clipped to it) after the switch.
+    set_mask_bias(p.unet, 8.0)
+    seen.clear()
+    out = run(p, num_inference_steps=8, switch_at=0.25, callback_on_step_end=callback,
+              callback_on_step_end_tensor_inputs=["blend_mask", "mask_logits", "mask"])
+    assert all(torch.equal(b, g) for b, _, g in seen.values())
+    assert np.array_equal(out.masks[0].astype(bool), box_mask())
+    # No switch (the ablation): the given mask throughout, whatever the model predicts.
+    set_mask_bias(p.unet, -8.0)
+    seen.clear()
+    run(p, num_inference_steps=8, switch_at=None, callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["blend_mask", "mask_logits", "mask"])
+    assert p.switch_step is None
+    assert all(torch.equal(b, g) for b, _, g in seen.values())
+
+
+def test_precision_outside_the_checkpoint_levels_is_an_error(pipe):
+    with pytest.raises(ValueError, match="levels 0..1"):
+        run(pipe, precision=2)
+
+
+def test_rejects_a_unet_without_mask_head(tmp_path):
+    parts = tiny_components(str(tmp_path))
+    parts["unet"] = tiny_unet(9, 4, None)
+    with pytest.raises(ValueError, match="9-in / 5-out"):
+        SmartBrushPipeline(**parts)
+
+
+def test_save_and_reload(pipe, tmp_path):
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == "SmartBrushPipeline"
+    again = SmartBrushPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    a, b = run(pipe, seed=5), run(again, seed=5)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    # Any diffusers scheduler drives it.
+    again.scheduler = EulerDiscreteScheduler.from_config(again.scheduler.config)
+    out = run(again, seed=5)
+    assert out.images.shape == (1, SIZE, SIZE, 3) and np.isfinite(out.images).all()
+
+
+def test_sample_cli_writes_image_mask_and_settings(tmp_path):
+    from smartbrush.cli import main
+
+    write_run_folder(str(tmp_path / "run"), levels=3)
+    Image.fromarray(picture(2)).save(tmp_path / "in.png")
+    Image.fromarray(box_mask().astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    base = ["sample", "--checkpoint", str(tmp_path / "run"), "--image", str(tmp_path / "in.png"),
+            "--mask", str(tmp_path / "mask.png"), "--prompt", "a red ball", "--steps", "3"]
+    assert main(base + ["--precision", "2", "--out", str(tmp_path / "out.png")]) == 0
+    got = np.asarray(Image.open(tmp_path / "out.png"))
+    assert np.array_equal(got[~box_mask()], picture(2)[~box_mask()])
+    mask = np.asarray(Image.open(tmp_path / "out_mask.png")) > 0
+    assert mask.shape == (SIZE, SIZE) and not (mask & ~box_mask()).any()
+    settings = yaml.safe_load((tmp_path / "out.yaml").read_text())
+    assert settings["precision"] == 2 and settings["sampler"]["steps"] == 3 and settings["sampler"]["scheduler"] == "ddim"
+    assert main(base + ["--precision", "3", "--out", str(tmp_path / "bad.png")]) == 2  # the checkpoint knows 0..2
+    with pytest.raises(SystemExit):
+        main(base + ["--precision", "0", "--out", str(tmp_path / "x.png"), "--stepz", "3"])
