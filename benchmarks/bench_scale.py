@@ -72,14 +72,16 @@ def plain_loop(ann_path: str, images_dir: str, out: str, resolution: int, sample
         renderer.write(shard_name("inpainting", index), shards[index])
 
 
-def measure(cmd: list[str]) -> tuple[float, float, float]:
-    """(seconds, peak RSS of the process tree in MB, peak RSS of its largest process in MB)."""
+def measure(cmd: list[str]) -> tuple[float, float, float, list[float]]:
+    """(seconds, peak RSS of the process tree in MB, peak RSS of its largest process in MB, CPU seconds
+    of each process of the tree as last seen, largest first)."""
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"  (load average {load:.1f} before this run: other processes share the cores)")
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tree_peak = proc_peak = 0
+    cpu: dict[int, float] = {}
     while proc.poll() is None:
         try:
             procs = [proc] + proc.children(recursive=True)
@@ -87,6 +89,8 @@ def measure(cmd: list[str]) -> tuple[float, float, float]:
             for p in procs:
                 try:
                     rss.append(p.memory_info().rss)
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
             tree_peak, proc_peak = max(tree_peak, sum(rss)), max(proc_peak, max(rss, default=0))
@@ -95,7 +99,7 @@ def measure(cmd: list[str]) -> tuple[float, float, float]:
         time.sleep(0.1)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-3000:]}")
-    return time.perf_counter() - start, tree_peak / 2**20, proc_peak / 2**20
+    return time.perf_counter() - start, tree_peak / 2**20, proc_peak / 2**20, sorted(cpu.values(), reverse=True)
 
 
 def main() -> int:
@@ -103,6 +107,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,4,12", help="replication factors")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--samples-per-shard", type=int, default=100)
+    parser.add_argument("--instances-per-chunk", type=int, default=0,
+                        help="pass --chunks ceil(instances / N) to the builds (0: one pipeline)")
     args = parser.parse_args()
     if not DATA.exists():
         print(f"{DATA} is absent: this benchmark needs ../shared/data/coco_val2017_tiny")
@@ -117,6 +123,8 @@ def main() -> int:
         n = replicate(DATA / "annotations" / "instances_val2017.json", k, ann)
         flags = ["--coco-annotations", str(ann), "--coco-images", str(DATA / "val2017"), "--coco-split", "val2017",
                  "--resolution", str(args.resolution), "--samples-per-shard", str(args.samples_per_shard)]
+        if args.instances_per_chunk:
+            flags += ["--chunks", str(-(-n // args.instances_per_chunk))]
         t0 = time.perf_counter()
         plain_loop(str(ann), str(DATA / "val2017"), str(tmp / f"plain{k}"), args.resolution, args.samples_per_shard)
         t_plain = time.perf_counter() - t0
@@ -126,9 +134,10 @@ def main() -> int:
             out = tmp / f"w{w}x{k}"
             # One worker is Beam's default in-process mode; two are separate worker processes.
             mode = ["--direct_running_mode", "multi_processing"] if w > 1 else []
-            t, tree, biggest = measure(exe + flags + ["--out", str(out), "--direct_num_workers", str(w)] + mode)
+            t, tree, biggest, cpu = measure(exe + flags + ["--out", str(out), "--direct_num_workers", str(w)] + mode)
             result[w] = (t, tree, biggest)
-            print(f"{n:>9} {f'{w} worker(s)':<12} {t:>8.2f} {n / t:>8.1f} {tree:>8.0f} {biggest:>11.0f}")
+            print(f"{n:>9} {f'{w} worker(s)':<12} {t:>8.2f} {n / t:>8.1f} {tree:>8.0f} {biggest:>11.0f}   "
+                  f"CPU s per process: {', '.join(f'{c:.1f}' for c in cpu[:4])}")
         same = (tmp / f"w1x{k}" / "manifest.json").read_bytes() == (tmp / f"w2x{k}" / "manifest.json").read_bytes()
         print(f"{'':>9} 2 workers vs 1: {result[1][0] / result[2][0]:.2f}x (target >= 1.6x); 1 worker vs plain "
               f"loop: {result[1][0] / t_plain:.2f}x time (target <= 1.2x); manifests identical: {same}")
