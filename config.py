@@ -21,11 +21,18 @@ class FilterConfig:
     max_instances_per_image: int = 0  # keep the N largest instances of an image; 0 = all
 
 
+CROP_POLICIES = ("scene", "object")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     resolution: int = 512  # R: the training crop and every mask are R x R
-    context: float = 1.5  # crop side = context * longer box side (at least the box itself)
-    min_crop_fraction: float = 0.25  # crop side >= this fraction of the image's shorter side
+    # scene: the largest square of the image (its shorter side) that holds the object's box, as the
+    # paper trains on whole images; object: a window of `context` x the box (docs/crop-policy.md)
+    crop_policy: str = "scene"
+    context: float = 1.5  # object policy: crop side = context * longer box side (at least the box itself)
+    min_crop_fraction: float = 0.25  # object policy: crop side >= this fraction of the image's shorter side
+    min_object_size_at_resolution: int = 16  # filter objects whose box's longer side is smaller in the R x R crop
     jpeg_quality: int = 95
     max_image_pixels: int = 100_000_000  # larger images are rejected (decompression bombs)
     exif: str = "auto"  # auto: pick the frame that matches the annotation's size; apply; ignore
@@ -80,6 +87,10 @@ def build_config_from_dict(data: dict, where: str = "config") -> BuildConfig:
     cfg = _build(BuildConfig, data, where)
     if cfg.render.exif not in ("auto", "apply", "ignore"):
         raise ValueError(f"{where}.render.exif: one of auto, apply, ignore")
+    if cfg.render.crop_policy not in CROP_POLICIES:
+        raise ValueError(f"{where}.render.crop_policy: one of {', '.join(CROP_POLICIES)}, got {cfg.render.crop_policy!r}")
+    if cfg.render.min_object_size_at_resolution < 0:
+        raise ValueError(f"{where}.render.min_object_size_at_resolution: >= 0 required (0 keeps every object)")
     if cfg.render.resolution < 16 or cfg.shards.samples_per_shard < 1:
         raise ValueError(f"{where}: resolution >= 16 and samples_per_shard >= 1 required")
     return cfg

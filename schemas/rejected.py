@@ -32,7 +32,9 @@ REASONS_REJECTED = (
     "crop_failed",
     "caption_degenerate",
 )
-REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image")
+# too_small_at_resolution: the object's box is shorter than render.min_object_size_at_resolution
+# pixels (its longer side) in the R x R crop.
+REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image", "too_small_at_resolution")
 
 SCHEMA = pa.schema(
     [

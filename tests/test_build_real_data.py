@@ -33,6 +33,23 @@ def reference_crop(mask: np.ndarray, window, resolution: int) -> np.ndarray:
     return np.asarray(Image.fromarray(patch).resize((resolution, resolution), Image.BILINEAR)) >= 128
 
 
+def reference_scene_window(mask: np.ndarray):
+    """An independent implementation of the default (scene) crop window from the object's mask: the
+    image's shorter side, the box centred on each axis and clamped into the image; when the box is
+    longer than the shorter side, the box's longer side, padded equally across the short axis."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    side = max(min(w, h), box[2] - box[0], box[3] - box[1])
+    starts = []
+    for lo, hi, dim in ((box[0], box[2], w), (box[1], box[3], h)):
+        if side > dim:
+            starts.append(-((side - dim + 1) // 2))  # pad: half (rounded up) before the image
+        else:
+            starts.append(int(np.clip(np.floor((lo + hi - side) / 2), 0, dim - side)))
+    return [starts[0], starts[1], starts[0] + side, starts[1] + side], box
+
+
 def openimages_flags(tmp_path):
     oi = shared_path("openimages_sample")
     masks = oi / "masks"
@@ -70,6 +87,9 @@ def test_reconciliation_and_verify(built):
     assert c["inputs"] == 815 + built["oi_rows"]
     assert c["written"] + sum(c["rejected"].values()) + sum(c["filtered"].values()) == c["inputs"]
     assert c["filtered"]["crowd"] == 11
+    small = [r for r in read_rejected(str(built["out"])) if r["reason"] == "too_small_at_resolution"]
+    assert c["filtered"]["too_small_at_resolution"] == len(small) > 0
+    assert all(r["kind"] == "filtered" and r["stage"] == "shard" for r in small)
     assert len(samples) == c["written"] == sum(s["samples"] for s in manifest["shards"])
     rejected = read_rejected(str(built["out"]))
     written_ids = {s["__key__"] for s in samples}
@@ -96,7 +116,10 @@ def test_nesting_and_fidelity_on_every_sample(built):
         assert meta["box_crop_xyxy"] == [x0, y0, x1, y1]
         if meta["source"] == "coco":
             truth = coco.annToMask(coco.anns[int(meta["annotation_id"])])
-            ref = reference_crop(truth, meta["crop_window_source_xyxy"], 512)
+            window, box = reference_scene_window(truth)
+            assert meta["crop_window_source_xyxy"] == window, meta["instance_id"]
+            assert max(box[2] - box[0], box[3] - box[1]) * 512 / (window[2] - window[0]) >= 16
+            ref = reference_crop(truth, window, 512)
             iou = (ref & levels[0]).sum() / (ref | levels[0]).sum()
             ious.append(iou)
             assert iou >= 0.98, (meta["instance_id"], iou)
@@ -112,8 +135,11 @@ def test_fidelity_exact_at_source_resolution(built):
     coco = COCO(str(built["coco_dir"] / "annotations" / "instances_val2017.json"))
     rows = pq.read_table(str(built["out"] / "instances")).to_pylist()
     coco_rows = [r for r in rows if r["source"] == "coco"]
-    assert len(coco_rows) == read_manifest(str(built["out"]))["counts"]["written"] - sum(
-        1 for r in rows if r["source"] == "openimages")
+    # the table holds every ingested instance, also those filtered when rendered at this R
+    # (too_small_at_resolution): another R may keep them
+    _, samples = all_samples(built["out"])
+    at_shard = {r["record_id"] for r in read_rejected(str(built["out"])) if r["stage"] == "shard"}
+    assert {r["instance_id"] for r in rows} == {s["__key__"] for s in samples} | at_shard
     for r in coco_rows:
         truth = coco.annToMask(coco.anns[int(r["annotation_id"])])
         mine = rle_to_mask({"size": r["mask_rle_size"], "counts": r["mask_rle_counts"]})

@@ -12,6 +12,7 @@ from PIL import Image
 
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.errors import RecordError, rejection
+from smartbrush.pipeline.render.crop import square_window
 from smartbrush.pipeline.render.masks import Box
 from smartbrush.pipeline.render.per_image import load_image
 
@@ -45,26 +46,18 @@ def clip_box(box, image_size: tuple[int, int]) -> Box:
     return cx0, cy0, cx1, cy1
 
 
-def _place(lo: int, hi: int, side: int, dim: int) -> int:
-    """Start of a window of `side` pixels along an axis of `dim` pixels that contains [lo, hi):
-    centred on the object and moved inside the image when side <= dim, else centred on the image."""
-    if side > dim:
-        return (dim - side) // 2
-    start = (lo + hi - side) // 2
-    return min(max(start, 0), dim - side)
-
-
 def caption_window(box, image_size: tuple[int, int], policy: CropPolicy) -> Box:
     """Square window in source pixels around `box`: side = longer box side x (1 + 2 margin), at least
     min_side, at most the image's shorter side, but never smaller than the (clipped) box itself.
-    It extends past the image only when the object is longer than the image's shorter side."""
+    It extends past the image only when the object is longer than the image's shorter side; it is
+    placed like the training crop (pipeline/render/crop.py's place)."""
     width, height = image_size
-    x0, y0, x1, y1 = clip_box(box, image_size)
+    clipped = clip_box(box, image_size)
+    x0, y0, x1, y1 = clipped
     longer = max(x1 - x0, y1 - y0)
     side = max(math.ceil(longer * (1 + 2 * policy.margin)), policy.min_side)
     side = max(min(side, width, height), longer)
-    wx0, wy0 = _place(x0, x1, side, width), _place(y0, y1, side, height)
-    return wx0, wy0, wx0 + side, wy0 + side
+    return square_window(clipped, side, image_size)
 
 
 def cut_window(array: np.ndarray, window: Box, fill) -> np.ndarray:
@@ -113,7 +106,7 @@ def image_crops(rows: list[dict], make_crop, render: RenderConfig | None = None,
     try:
         image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render or RenderConfig())
     except RecordError as e:
-        return [], [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"])
+        return [], [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"], e.kind)
                         for r in rows]
     crops, kept, rejected = [], [], []
     for row in rows:
@@ -121,5 +114,6 @@ def image_crops(rows: list[dict], make_crop, render: RenderConfig | None = None,
             crops.append((row["instance_id"], make_crop(image, row)))
             kept.append(row)
         except RecordError as e:
-            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"]))
+            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"],
+                                      e.kind))
     return crops, kept, rejected

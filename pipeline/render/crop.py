@@ -1,4 +1,5 @@
-"""The training crop: a square window around the object, then a resize to R x R."""
+"""The training crop: a square window holding the object (policy `scene` or `object`, see
+docs/crop-policy.md), then a resize to R x R."""
 
 from __future__ import annotations
 
@@ -7,21 +8,35 @@ import math
 import cv2
 import numpy as np
 
+from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.masks import Box
 
 
-def _place(lo: int, hi: int, side: int, dim: int) -> int:
+def place(lo: int, hi: int, side: int, dim: int) -> int:
     """Start of a window of `side` along one axis that contains [lo, hi) and stays inside [0, dim)
-    when it can; when the window is longer than the axis it is centred on the image."""
+    when it can; when the window is longer than the axis it is centred on the image. Centred on
+    [lo, hi) otherwise, moved inside the image at its borders. The one window placer of the training
+    crop and the captioner's crop (pipeline/caption/crops.py)."""
     start = math.floor((lo + hi) / 2 - side / 2) if side <= dim else math.floor((dim - side) / 2)
     if side <= dim:
         start = min(max(start, 0), dim - side)
     return min(max(start, hi - side), lo)
 
 
+_place = place  # the former private name
+
+
+def square_window(box: Box, side: int, image_size: tuple[int, int]) -> Box:
+    """The square window of `side` placed around `box` on both axes (see place)."""
+    x0, y0, x1, y1 = box
+    width, height = image_size
+    wx0, wy0 = place(x0, x1, side, width), place(y0, y1, side, height)
+    return wx0, wy0, wx0 + side, wy0 + side
+
+
 def choose_crop_window(box: Box, image_size: tuple[int, int], context: float = 1.5,
                        min_crop_fraction: float = 0.25) -> Box:
-    """Square crop window in source pixels that contains `box`.
+    """The `object` policy's square crop window in source pixels that contains `box`.
 
     Side = max(context x longer box side, min_crop_fraction x shorter image side), capped at the
     shorter image side, but never smaller than the box. The window extends past the image (and is
@@ -32,9 +47,45 @@ def choose_crop_window(box: Box, image_size: tuple[int, int], context: float = 1
     longer = max(x1 - x0, y1 - y0, 1)
     side = math.ceil(max(context * longer, min_crop_fraction * min(width, height)))
     side = max(min(side, min(width, height)), longer)
-    wx0 = _place(x0, x1, side, width)
-    wy0 = _place(y0, y1, side, height)
-    return wx0, wy0, wx0 + side, wy0 + side
+    return square_window(box, side, image_size)
+
+
+def scene_window(box: Box, image_size: tuple[int, int]) -> Box:
+    """The `scene` policy's window: the largest square of the image (side = its shorter side) that
+    contains `box`, centred on the box along the image's longer axis and moved inside the image.
+
+    When the box is longer than the image's shorter side no such square exists: the window is then
+    the box's longer side, aligned with the box along it and centred on the image across it (padded
+    black equally on both sides), as in the object policy."""
+    x0, y0, x1, y1 = box
+    width, height = image_size
+    side = max(min(width, height), x1 - x0, y1 - y0, 1)
+    return square_window(box, side, image_size)
+
+
+def crop_window(box: Box, image_size: tuple[int, int], render) -> Box:
+    """The training crop window of `render.crop_policy` (a RenderConfig): `scene` or `object`."""
+    if render.crop_policy == "scene":
+        return scene_window(box, image_size)
+    if render.crop_policy == "object":
+        return choose_crop_window(box, image_size, render.context, render.min_crop_fraction)
+    raise ValueError(f"unknown crop policy {render.crop_policy!r}: scene or object")
+
+
+def object_size_at_resolution(box: Box, window: Box, resolution: int) -> float:
+    """The longer side of `box` in pixels of the R x R crop of `window`."""
+    return max(box[2] - box[0], box[3] - box[1]) * resolution / (window[2] - window[0])
+
+
+def check_size_at_resolution(box: Box, window: Box, render) -> None:
+    """RecordError("too_small_at_resolution", kind="filtered") when the object's box, in the R x R
+    crop, has a longer side under render.min_object_size_at_resolution pixels."""
+    size = object_size_at_resolution(box, window, render.resolution)
+    if size < render.min_object_size_at_resolution:
+        raise RecordError("too_small_at_resolution",
+                          f"box {list(box)} is {size:.1f} px at R={render.resolution} in window {list(window)}, "
+                          f"under render.min_object_size_at_resolution={render.min_object_size_at_resolution}",
+                          kind="filtered")
 
 
 def extract_window(array: np.ndarray, window: Box) -> np.ndarray:

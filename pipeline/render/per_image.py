@@ -47,11 +47,13 @@ def render_image(rows: list[dict], schedule: MaskSchedule, render: RenderConfig,
     try:
         image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render)
     except RecordError as e:
-        return [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"]) for r in rows]
+        return [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"], e.kind)
+                    for r in rows]
     samples, rejected = [], []
     for row in rows:
         try:
             samples.append((row["instance_id"], render_sample(image, row, schedule, render)))
         except RecordError as e:
-            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"]))
+            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"],
+                                      e.kind))
     return samples, rejected

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline.render.crop import choose_crop_window, crop_image, crop_mask
+from smartbrush.pipeline.render.crop import check_size_at_resolution, crop_image, crop_mask, crop_window
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.ladder import levels_from_map, map_from_levels, render_level_map
 from smartbrush.pipeline.render.masks import mask_box, rle_to_mask
@@ -102,7 +102,8 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
     if tuple(rle["size"]) != (height, width):
         raise RecordError("rle_size_mismatch", f"mask {rle['size']} vs decoded image {height}x{width}")
     box = tuple(int(v) for v in row["box_xyxy"])
-    window = choose_crop_window(box, (width, height), render.context, render.min_crop_fraction)
+    window = crop_window(box, (width, height), render)
+    check_size_at_resolution(box, window, render)  # RecordError, kind filtered
     R = render.resolution
     crop = crop_image(image, window, R)
     exact = crop_mask(rle_to_mask(rle), window, R)
