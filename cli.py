@@ -1,4 +1,5 @@
-"""`smartbrush <verb>`: one entry point. Job verbs parse their own flags; unknown flags go to Beam."""
+"""`smartbrush <verb>`: one entry point. Job verbs parse their own flags; Beam pipeline options pass
+through, and anything that is neither is an error naming it (pipeline/commands/flags.py)."""
 
 from __future__ import annotations
 

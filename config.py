@@ -42,6 +42,9 @@ class RenderConfig:
 class ShardConfig:
     samples_per_shard: int = 1000
     prefix: str = "inpainting"
+    # Run the build as this many pipelines, one after the other, each over the source images whose
+    # id hashes into it: the local runner holds each one's rows, not the corpus's (see README).
+    chunks: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,8 @@ def build_config_from_dict(data: dict, where: str = "config") -> BuildConfig:
         raise ValueError(f"{where}.render.crop_policy: one of {', '.join(CROP_POLICIES)}, got {cfg.render.crop_policy!r}")
     if cfg.render.min_object_size_at_resolution < 0:
         raise ValueError(f"{where}.render.min_object_size_at_resolution: >= 0 required (0 keeps every object)")
-    if cfg.render.resolution < 16 or cfg.shards.samples_per_shard < 1:
-        raise ValueError(f"{where}: resolution >= 16 and samples_per_shard >= 1 required")
+    if cfg.render.resolution < 16 or cfg.shards.samples_per_shard < 1 or cfg.shards.chunks < 1:
+        raise ValueError(f"{where}: resolution >= 16, samples_per_shard >= 1 and chunks >= 1 required")
     return cfg
 
 

@@ -47,6 +47,8 @@ def add_config_flags(parser: argparse.ArgumentParser, shard_flags: bool = True) 
         g.add_argument("--schedule", help="mask schedule preset "
                        f"({', '.join(config_mod.list_presets('schedules'))}) or YAML file")
         g.add_argument("--resolution", type=int, help="training crop and mask size R (R x R)")
+        g.add_argument("--crop-policy", choices=["scene", "object"], help="scene (default): the largest square of "
+                       "the image holding the object; object: context x the object's box (docs/crop-policy.md)")
         g.add_argument("--samples-per-shard", type=int)
         g.add_argument("--chunks", type=int, help="run as N pipelines over disjoint sets of source images, so "
                        "that the local runner holds 1/N of the rows (README: building at real size)")
@@ -67,6 +69,7 @@ def resolve_config(args: argparse.Namespace) -> config_mod.BuildConfig:
     put(None, "schedule", getattr(args, "schedule", None))
     put(None, "captioner", getattr(args, "captioner", None))
     put("render", "resolution", getattr(args, "resolution", None))
+    put("render", "crop_policy", getattr(args, "crop_policy", None))
     put("render", "jpeg_quality", getattr(args, "jpeg_quality", None))
     put("shards", "samples_per_shard", getattr(args, "samples_per_shard", None))
     put("shards", "chunks", getattr(args, "chunks", None))

@@ -45,12 +45,12 @@ def render_image(rows: list[dict], schedule: MaskSchedule, render: RenderConfig,
     rows = sorted(rows, key=lambda r: r["instance_id"])
     first = rows[0]
     try:
-        image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render)
+        image, sha = load_image_and_hash(first["image_path"], (first["image_width"], first["image_height"]), render)
     except RecordError as e:
         return [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"], e.kind)
                     for r in rows]
     samples, rejected = [], []
-    for row in rows:
+    for row in ({**r, "image_sha256": sha} for r in rows):
         try:
             samples.append((row["instance_id"], render_sample(image, row, schedule, render)))
         except RecordError as e:
