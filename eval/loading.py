@@ -58,14 +58,14 @@ def load_smartbrush(path: str, scheduler: str = "ddim", device: str = "auto", dt
     torch_dtype = resolve_dtype(dtype)
     index = os.path.join(folder, "model_index.json")
     if os.path.isfile(index) and json.load(open(index)).get("_class_name") == SmartBrushPipeline.__name__:
-        pipe = SmartBrushPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
+        pipe = SmartBrushPipeline.from_pretrained(folder, dtype=torch_dtype)
     else:
         sched_dir = os.path.join(folder, "scheduler")
         pipe = SmartBrushPipeline(
-            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch_dtype),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch_dtype),
             text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype),
             tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype),
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch_dtype),
             scheduler=DDIMScheduler.from_pretrained(sched_dir) if os.path.isdir(sched_dir) else DDIMScheduler(),
         )
     pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
@@ -76,7 +76,7 @@ def load_sd_inpaint(path: str, scheduler: str = "ddim", device: str = "auto", dt
     """diffusers' StableDiffusionInpaintPipeline from a 9-channel inpainting checkpoint folder."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(path, torch_dtype=resolve_dtype(dtype), safety_checker=None,
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(path, dtype=resolve_dtype(dtype), safety_checker=None,
                                                           feature_extractor=None, requires_safety_checker=False)
     if pipe.unet.config.in_channels != 9:
         raise ValueError(f"{path}: sd-inpaint needs a 9-channel inpainting UNet, this one has "
@@ -90,7 +90,7 @@ def load_sd_blend(path: str, scheduler: str = "ddim", device: str = "auto", dtyp
     the re-noised image latents outside the mask after every step."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    base = StableDiffusionPipeline.from_pretrained(path, torch_dtype=resolve_dtype(dtype), safety_checker=None,
+    base = StableDiffusionPipeline.from_pretrained(path, dtype=resolve_dtype(dtype), safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     if base.unet.config.in_channels != 4:
         raise ValueError(f"{path}: sd-blend needs a 4-channel text-to-image UNet, this one has "

@@ -57,7 +57,7 @@ def markdown(result: dict) -> str:
     for lv in result["levels"]:
         lines += [f"## Benchmark level {lv['benchmark_level']} (checkpoint precision s = {lv['precision']})", "",
                   "| method | " + " | ".join(metrics) + " | n |", "|---" * (len(metrics) + 2) + "|"]
-        for method in result["methods"]:
+        for method in dict.fromkeys(r["method"] for r in rows):
             got = {r["metric"]: r for r in rows if r["method"] == method and r["level"] == lv["benchmark_level"]}
             n = max((r["samples"] for r in got.values()), default=0)
             lines.append(f"| {method} | " + " | ".join(_fmt(got[m]["value"]) if m in got else "n/a" for m in metrics)
