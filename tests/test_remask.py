@@ -516,3 +516,15 @@ def test_real_coco_round_trip(tmp_path):
     check_remasked(tmp_path / "exact-box", tmp_path / "back", SMARTBRUSH)
     assert tar_hashes(tmp_path / "back") == tar_hashes(base)
     assert manifest(tmp_path / "back")["counts"] == manifest(base)["counts"]
+
+
+def test_level_map_checks_do_not_trust_the_json_box():
+    good = _sample("k")
+    expected = remask_sample(good, FINE)
+    wrong_box = {**good, "json": encode_json({**_meta("k", SMARTBRUSH), "box_crop_xyxy": [0, 0, 5, 5]})}
+    out = remask_sample(wrong_box, FINE)  # the map is checked as a whole and its own box used
+    assert out[LEVELS] == expected[LEVELS]
+    stray = render_level_map(_disk(), SMARTBRUSH)
+    stray[2, 2] = 4  # a box-level pixel outside the box of level 0
+    _, rejected = remask_samples([{**good, LEVELS: encode_level_map(stray)}], FINE, "in.tar")
+    assert [(r["reason"], "box level" in r["detail"]) for r in rejected] == [("mask_unreadable", True)]

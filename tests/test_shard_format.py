@@ -193,3 +193,63 @@ def test_hf_datasets_reads_v2(v2_shard):
     ds = datasets.load_dataset("webdataset", data_files={"train": path}, split="train")
     row = ds[0]
     assert np.array_equal(np.asarray(row["levels.png"]) <= 1, ladders["k0"][1])
+
+
+def _maps_of_every_layout() -> list[np.ndarray]:
+    """Level maps whose box rows touch the top, the bottom, both, neither, or that hold no box."""
+    rng = np.random.default_rng(1)
+    out = []
+    for y0, y1 in [(0, 5), (20, 64), (0, 64), (30, 31), (10, 40), (0, 0)]:
+        m = np.full((64, 48), 255, np.uint8)
+        m[y0:y1, 5:40] = rng.integers(0, 7, (y1 - y0, 35), dtype=np.uint8)
+        out.append(m)
+    return out + [render_level_map(np.roll(_exact(), s, axis=0), FINE) for s in (-40, 0, 45)]
+
+
+def test_level_map_png_fast_path_agrees_with_opencv_and_pil():
+    import cv2
+
+    from smartbrush.pipeline.render.samples import _decode_own_layout
+
+    for level_map in _maps_of_every_layout():
+        data = encode_level_map(level_map)
+        fast = _decode_own_layout(data)
+        assert fast is not None and np.array_equal(fast[0], level_map)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), level_map)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), level_map)
+
+
+def _with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """`data` with the body of chunk `kind` replaced (CRC recomputed)."""
+    import struct
+    import zlib
+
+    pos = 8
+    while True:
+        (length,) = struct.unpack_from(">I", data, pos)
+        if data[pos + 4:pos + 8] == kind:
+            chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+            return data[:pos] + chunk + data[pos + 12 + length:]
+        pos += 12 + length
+
+
+def test_a_png_that_does_not_check_out_is_decoded_the_general_way():
+    import struct
+
+    from smartbrush.pipeline.render.samples import _decode_own_layout
+
+    level_map = render_level_map(_exact(), FINE)
+    data = encode_level_map(level_map)
+    y0, y1, offset, length = struct.unpack(">IIII", data[8 + 25 + 8:8 + 25 + 8 + 16])
+    for lie in [(y0 + 1, y1, offset, length), (y0, y1 - 1, offset, length), (y0, y1, offset + 1, length),
+                (y0, y1, offset, length - 3)]:
+        lying = _with_chunk(data, b"lvMp", struct.pack(">IIII", *lie))
+        assert _decode_own_layout(lying) is None
+        assert np.array_equal(decode_level_map(lying), level_map)  # OpenCV ignores the private chunk
+    pil = io.BytesIO()
+    Image.fromarray(level_map).save(pil, format="PNG")  # another writer: no layout chunk
+    assert _decode_own_layout(pil.getvalue()) is None and np.array_equal(decode_level_map(pil.getvalue()), level_map)
+    broken = bytearray(data)
+    broken[offset + 8 + 25 + 8 + 16 + 4 + 8 + 5] ^= 0xFF  # inside the box rows' deflate data
+    with pytest.raises(ValueError):
+        decode_level_map(bytes(broken))

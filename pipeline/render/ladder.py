@@ -112,19 +112,32 @@ def _check_levels(schedule: MaskSchedule) -> None:
 
 
 def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True,
-                     copy: tuple[np.ndarray, dict[int, int]] | None = None) -> np.ndarray:
+                     copy: tuple[np.ndarray, dict[int, int]] | None = None,
+                     box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The ladder of `schedule` as a uint8 level map the shape of `exact` (mask_s = map <= s).
 
     `copy` = (old level map, {new level k: old level j}): level k is taken as `old map <= j`
     instead of being blurred (unchanged_levels() says which levels may be). The old map must
-    belong to the same exact mask (same box)."""
-    _check_levels(schedule)
+    belong to the same exact mask (same box). `box` may give mask_box(exact) when it is known."""
     exact = exact.astype(bool, copy=False)
-    x0, y0, x1, y1 = _box(exact)
+    x0, y0, x1, y1 = _box(exact) if box is None else box
+    old_region = copy[0][y0:y1, x0:x1] if copy is not None else None
+    rmap = render_region_map(exact[y0:y1, x0:x1], schedule, reduce,
+                             (old_region, copy[1]) if copy is not None else None)
+    out = np.full(exact.shape, OUTSIDE, np.uint8)
+    out[y0:y1, x0:x1] = rmap
+    return out
+
+
+def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool = True,
+                      copy: tuple[np.ndarray, dict[int, int]] | None = None) -> np.ndarray:
+    """The level map inside the box (every value <= S) from the exact mask cut to its tight box."""
+    _check_levels(schedule)
+    if not region.size or not region.any():
+        raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
     S = schedule.num_levels - 1
-    region = exact[y0:y1, x0:x1]
-    box_side = max(x1 - x0, y1 - y0)
-    old_region, copied = (copy[0][y0:y1, x0:x1], copy[1]) if copy is not None else (None, {})
+    box_side = max(region.shape)
+    old_region, copied = copy if copy is not None else (None, {})
     region_f = None
     rmap = np.full(region.shape, S, np.uint8)
     for k in range(S - 1, 0, -1):
@@ -138,9 +151,7 @@ def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = T
             inside = blur_region(region_f, sigma, kernel, reduce) > level.threshold
         rmap[inside] = k
     rmap[region] = 0
-    out = np.full(exact.shape, OUTSIDE, np.uint8)
-    out[y0:y1, x0:x1] = rmap
-    return out
+    return rmap
 
 
 def levels_from_map(level_map: np.ndarray, num_levels: int) -> list[np.ndarray]:

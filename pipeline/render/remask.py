@@ -22,8 +22,9 @@ import webdataset as wds
 
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.ladder import render_level_map, unchanged_levels
-from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map, decode_mask_png, encode_json,
+from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
+from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map_rows, decode_mask_png, encode_json,
                                                 encode_level_map)
 from smartbrush.pipeline.storage.shards import shard_info, write_shard
 from smartbrush.schemas import mask_schedule, shard_sample
@@ -141,39 +142,78 @@ def _decode(sample: dict, member: str, decode, resolution: int):
     if member not in sample:
         raise RecordError("mask_missing", f"no {member} member")
     try:
-        array = decode(sample[member])
+        decoded = decode(sample[member])
     except Exception as e:  # PIL and OpenCV raise many types for a damaged PNG
         raise RecordError("mask_unreadable", f"{member}: {error_text(e)}") from None
+    array = decoded[0] if isinstance(decoded, tuple) else decoded
     if array.shape != (resolution, resolution):
         raise RecordError("mask_size_mismatch", f"{member} is {array.shape[1]}x{array.shape[0]}, "
                                                 f"resolution {resolution}")
-    return array
+    return decoded
 
 
-def _input_levels(sample: dict, meta: dict, old: MaskSchedule, needed: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(exact mask, a level map in which `map <= j` is the input's level j for every j in `needed`)."""
+def _json_box(meta: dict, resolution: int) -> tuple[int, int, int, int] | None:
+    box = meta.get("box_crop_xyxy")
+    if (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)
+            and 0 <= box[0] < box[2] <= resolution and 0 <= box[1] < box[3] <= resolution):
+        return tuple(box)
+    return None
+
+
+def _is_ladder_of_box(old_map: np.ndarray, rows: tuple[int, int] | None, box, num_levels: int) -> bool:
+    """Whether the map is OUTSIDE exactly outside `box`, a level < num_levels inside it, and the box
+    is the tight box of its level 0, looking only at the box rows (rows = the decoder's guarantee
+    that every other row is OUTSIDE)."""
+    x0, y0, x1, y1 = box
+    if rows != (y0, y1):
+        return False
+    region = old_map[y0:y1, x0:x1]
+    if region.max() >= num_levels:
+        return False
+    if np.count_nonzero(old_map[y0:y1] == shard_sample.OUTSIDE) != (y1 - y0) * old_map.shape[1] - region.size:
+        return False
+    return bool((region[0] == 0).any() and (region[-1] == 0).any() and (region[:, 0] == 0).any()
+                and (region[:, -1] == 0).any())
+
+
+def _input_levels(sample: dict, meta: dict, old: MaskSchedule,
+                  needed: set[int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """(box of the exact mask, a level map in which level 0 is the exact mask and `map <= j` is the
+    input's level j for every j in `needed`)."""
     resolution = meta["resolution"]
     if meta["schema_version"] == 1:
         keys = meta["mask_keys"]
         if len(keys) != old.num_levels:
             raise RecordError(SAMPLE_INVALID, f"{len(keys)} mask_keys for a schedule of {old.num_levels} levels")
         exact = _decode(sample, keys[0], decode_mask_png, resolution)
-        if not exact.any():
+        box = mask_box(exact)
+        if box[2] == box[0]:
             raise RecordError("empty_mask", f"{keys[0]} is empty")
         old_map = np.full(exact.shape, shard_sample.OUTSIDE, np.uint8)
         for j in sorted(needed, reverse=True):  # smallest level last: each pixel keeps its smallest
             old_map[_decode(sample, keys[j], decode_mask_png, resolution)] = j
         old_map[exact] = 0
-        return exact, old_map
-    old_map = _decode(sample, shard_sample.LEVELS_EXT, decode_level_map, resolution)
+        return box, old_map
+    old_map, rows = _decode(sample, shard_sample.LEVELS_EXT, decode_level_map_rows, resolution)
+    box = _json_box(meta, resolution)
+    if box is not None and _is_ladder_of_box(old_map, rows, box, old.num_levels):
+        return box, old_map  # the fast check held (the usual case); else check the whole map
     try:
         check_level_map(old_map, old.num_levels, shard_sample.LEVELS_EXT)
     except ValueError as e:
         raise RecordError("mask_unreadable", str(e)) from None
-    exact = old_map == 0
-    if not exact.any():
+    box = mask_box(old_map == 0)
+    if box[2] == box[0]:
         raise RecordError("empty_mask", f"{shard_sample.LEVELS_EXT} has no level-0 pixel")
-    return exact, old_map
+    if not _is_ladder_of_box(old_map, mask_rows(old_map), box, old.num_levels):
+        raise RecordError("mask_unreadable", f"{shard_sample.LEVELS_EXT}: the box level is not the box of level 0")
+    return box, old_map
+
+
+def mask_rows(level_map: np.ndarray) -> tuple[int, int]:
+    """(y0, y1): the rows of a level map that hold anything but OUTSIDE."""
+    used = np.flatnonzero((level_map != shard_sample.OUTSIDE).any(axis=1))
+    return (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
 
 
 def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
@@ -181,16 +221,20 @@ def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
 
     Only the masks are decoded. Levels whose definition is the same in the input's schedule (the
     exact mask, the box, and any blur level made of the same blurs, see ladder.unchanged_levels) are
-    copied from the input; the others are rendered from the s = 0 mask. Every other member is kept
-    byte for byte; the json changes in `mask_schedule` only (and, from v1, in its version keys)."""
+    copied from the input; the others are rendered from the s = 0 mask. All the mask work happens in
+    the box (the box rows for the PNG). Every other member is kept byte for byte; the json changes
+    in `mask_schedule` only (and, from v1, in its version keys)."""
     meta = _meta(sample)
     old = input_schedule(meta)
     copied = unchanged_levels(old, schedule)
-    exact, old_map = _input_levels(sample, meta, old, set(copied.values()))
+    (x0, y0, x1, y1), old_map = _input_levels(sample, meta, old, set(copied.values()))
     if meta["schema_version"] == shard_sample.VERSION and old.levels == schedule.levels:
         levels_png = sample[shard_sample.LEVELS_EXT]  # the same ladder: the same bytes
     else:
-        levels_png = encode_level_map(render_level_map(exact, schedule, copy=(old_map, copied)))
+        old_region = old_map[y0:y1, x0:x1]
+        new_map = np.full(old_map.shape, shard_sample.OUTSIDE, np.uint8)
+        new_map[y0:y1, x0:x1] = render_region_map(old_region == 0, schedule, copy=(old_region, copied))
+        levels_png = encode_level_map(new_map, rows=(y0, y1))
     old_masks = set(meta["mask_keys"]) if meta["schema_version"] == 1 else {shard_sample.LEVELS_EXT}
     members = {k: v for k, v in sample.items() if not k.startswith("__") and k not in old_masks}
     members[shard_sample.META_EXT] = encode_json(new_meta(meta, schedule))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -42,35 +43,154 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_level_map(level_map: np.ndarray) -> bytes:
-    """The v2 `levels.png`: an 8-bit grayscale PNG of a uint8 level map.
+# The level-map PNG is written so that its cost follows the box, not the image: the rows above and
+# below the box are constant (OUTSIDE) and are compressed once per (row count, width) and cached;
+# only the box rows are filtered and compressed per sample. The IDAT stream is one zlib stream made
+# of raw-deflate segments, each ending on a byte boundary (sync flush, or the final block):
+#   zlib header | top rows (filter None) | box rows (filter Up) | bottom rows (filter None) | Adler-32
+# and a private ancillary chunk (ignored by every PNG reader) records where the box segment lies, so
+# that decode_level_map can inflate only the box rows after checking that the other segments are
+# byte for byte the canonical ones. Any other PNG (or one that does not check out) is decoded by
+# OpenCV.
+_LAYOUT_CHUNK = b"lvMp"  # ancillary, private, safe to copy: y0, y1, box segment offset and length
+_ZLIB_HEADER = b"\x78\x01"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ADLER_BASE = 65521
 
-    Written directly (no imaging library): every row uses PNG's "Up" filter (difference with the row
-    above, so the constant rows outside the box and the flat inside become zeros) and zlib's RLE
-    strategy, which is about as small as libpng's best and several times faster. Any PNG reader
-    decodes it; the same map always gives the same bytes."""
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of A + B from those of A and B and the length of B (zlib's adler32_combine)."""
+    rem = len2 % _ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_BASE
+    sum1 = (sum1 + (adler2 & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    sum2 = (sum2 + ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + _ADLER_BASE - rem) % _ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+def _deflate(raw, last: bool) -> bytes:
+    z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+    return z.compress(raw) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+@functools.lru_cache(maxsize=4096)
+def _constant_rows(n: int, width: int, last: bool) -> tuple[bytes, int, int]:
+    """(raw-deflate segment, Adler-32 from 1, raw length) of n rows of OUTSIDE with filter None."""
+    if n == 0:
+        return b"", 1, 0
+    raw = np.full((n, width + 1), shard_sample.OUTSIDE, np.uint8)
+    raw[:, 0] = 0
+    return _deflate(raw.data, last), zlib.adler32(raw.data), raw.size
+
+
+def _box_rows_raw(rows: np.ndarray, first_row_above: int) -> np.ndarray:
+    """Rows of the map filtered with PNG's Up filter (row above: OUTSIDE, or 0 above row 0)."""
+    h, w = rows.shape
+    raw = np.empty((h, w + 1), np.uint8)
+    raw[:, 0] = 2
+    np.subtract(rows[0], np.uint8(first_row_above), out=raw[0, 1:])  # modulo 256, as PNG defines it
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+    return raw
+
+
+def encode_level_map(level_map: np.ndarray, rows: tuple[int, int] | None = None) -> bytes:
+    """The v2 `levels.png`: an 8-bit grayscale PNG of a uint8 level map, written directly (no imaging
+    library; any PNG reader decodes it; the same map always gives the same bytes). `rows` = (y0, y1)
+    may say which rows hold anything but OUTSIDE (the box rows; computed when not given)."""
     level_map = np.asarray(level_map)
     if level_map.ndim != 2 or level_map.dtype != np.uint8 or not level_map.size:
         raise ValueError(f"a level map is a non-empty 2-D uint8 array, got {level_map.dtype} {level_map.shape}")
     h, w = level_map.shape
-    rows = np.empty((h, w + 1), np.uint8)
-    rows[:, 0] = 2  # filter type Up; the first row's "above" is zero, so it holds its own values
-    rows[0, 1:] = level_map[0]
-    np.subtract(level_map[1:], level_map[:-1], out=rows[1:, 1:])  # modulo 256, as PNG defines it
-    z = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = z.compress(rows.data) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    if rows is None:
+        used = np.flatnonzero((level_map != shard_sample.OUTSIDE).any(axis=1))
+        rows = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
+    y0, y1 = rows
+    top, top_adler, top_len = _constant_rows(y0, w, last=y1 == y0 == h)
+    if y1 > y0:
+        raw = _box_rows_raw(level_map[y0:y1], shard_sample.OUTSIDE if y0 > 0 else 0)
+        box, box_adler, box_len = _deflate(raw.data, last=y1 == h), zlib.adler32(raw.data), raw.nbytes
+    else:
+        box, box_adler, box_len = b"", 1, 0
+    bottom, bottom_adler, bottom_len = _constant_rows(h - y1, w, last=True) if y1 < h else (b"", 1, 0)
+    adler = _adler32_combine(_adler32_combine(top_adler, box_adler, box_len), bottom_adler, bottom_len)
+    idat = _ZLIB_HEADER + top + box + bottom + struct.pack(">I", adler)
+    layout = struct.pack(">IIII", y0, y1, len(_ZLIB_HEADER) + len(top), len(box))
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + _png_chunk(_LAYOUT_CHUNK, layout) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
 
 
-def decode_level_map(data: bytes) -> np.ndarray:
-    """The uint8 level map of a v2 `levels.png`; ValueError when it is not an 8-bit grayscale PNG."""
+def _chunks(data: bytes):
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(body) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
+            return
+        yield kind, body
+        pos += 12 + length
+
+
+def _decode_own_layout(data: bytes) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(map, (y0, y1)) of a PNG that encode_level_map wrote, inflating only its box rows (every row
+    outside y0:y1 is OUTSIDE); None for any other PNG or one that does not check out (the caller
+    then decodes it the general way)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    chunks = list(_chunks(data))
+    if [k for k, _ in chunks] != [b"IHDR", _LAYOUT_CHUNK, b"IDAT", b"IEND"] or len(chunks[1][1]) != 16:
+        return None
+    w, h, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    if (depth, color, compression, filtering, interlace) != (8, 0, 0, 0, 0) or not w or not h:
+        return None
+    y0, y1, offset, box_len = struct.unpack(">IIII", chunks[1][1])
+    idat = chunks[2][1]
+    if not y0 <= y1 <= h or not idat.startswith(_ZLIB_HEADER) or offset + box_len + 4 > len(idat):
+        return None
+    top, top_adler, _ = _constant_rows(y0, w, last=y1 == y0 == h)
+    bottom, bottom_adler, bottom_len = _constant_rows(h - y1, w, last=True) if y1 < h else (b"", 1, 0)
+    if (idat[len(_ZLIB_HEADER):offset] != top or idat[offset + box_len:-4] != bottom
+            or (y1 == y0 and box_len)):
+        return None
+    out = np.full((h, w), shard_sample.OUTSIDE, np.uint8)
+    box_adler, raw_len = 1, 0
+    if y1 > y0:
+        z = zlib.decompressobj(-15)
+        try:
+            raw = z.decompress(idat[offset:offset + box_len])
+        except zlib.error:
+            return None
+        if len(raw) != (y1 - y0) * (w + 1) or z.unused_data or z.eof != (y1 == h):
+            return None
+        rows = np.frombuffer(raw, np.uint8).reshape(y1 - y0, w + 1)
+        if not (rows[:, 0] == 2).all():
+            return None
+        box = rows[:, 1:].copy()
+        box[0] += np.uint8(shard_sample.OUTSIDE if y0 > 0 else 0)
+        np.cumsum(box, axis=0, dtype=np.uint8, out=out[y0:y1])
+        box_adler, raw_len = zlib.adler32(raw), len(raw)
+    adler = _adler32_combine(_adler32_combine(top_adler, box_adler, raw_len), bottom_adler, bottom_len)
+    if struct.pack(">I", adler) != idat[-4:]:
+        return None
+    return out, (y0, y1)
+
+
+def decode_level_map_rows(data: bytes) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """(level map, (y0, y1) when every row outside y0:y1 is known to be OUTSIDE, else None)."""
+    fast = _decode_own_layout(data) if data else None
+    if fast is not None:
+        return fast
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None:
         raise ValueError("not a decodable PNG")
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise ValueError(f"a level map is an 8-bit grayscale PNG, this one decodes to {arr.dtype} {arr.shape}")
-    return arr
+    return arr, None
+
+
+def decode_level_map(data: bytes) -> np.ndarray:
+    """The uint8 level map of a v2 `levels.png`; ValueError when it is not an 8-bit grayscale PNG."""
+    return decode_level_map_rows(data)[0]
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -107,7 +227,10 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
     R = render.resolution
     crop = crop_image(image, window, R)
     exact = crop_mask(rle_to_mask(rle), window, R)
-    level_map = render_level_map(exact, schedule)
+    box_crop = mask_box(exact)
+    if box_crop[2] == box_crop[0]:
+        raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
+    level_map = render_level_map(exact, schedule, box=box_crop)
     meta = {
         "schema": shard_sample.NAME,
         "schema_version": shard_sample.VERSION,
@@ -118,19 +241,21 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
         "image_id": row["image_id"],
         "annotation_id": row["annotation_id"],
         "image_path": row["image_path"],
+        "image_sha256": row.get("image_sha256", ""),  # of the source file; "" when rendered without it
         "image_size": [width, height],
         "category_id": row["category_id"],
         "label": row["label"],
         "captions": [dict(c) for c in row.get("captions") or []],
         "area": int(row["area"]),
         "box_source_xyxy": list(box),
+        "crop_policy": render.crop_policy,
         "crop_window_source_xyxy": list(window),
-        "box_crop_xyxy": list(mask_box(exact)),
+        "box_crop_xyxy": list(box_crop),
         "resolution": R,
         "mask_schedule": schedule.to_json(),
     }
     sample = {shard_sample.IMAGE_EXT: encode_jpeg(crop, render.jpeg_quality), shard_sample.META_EXT: encode_json(meta)}
-    sample[shard_sample.LEVELS_EXT] = encode_level_map(level_map)
+    sample[shard_sample.LEVELS_EXT] = encode_level_map(level_map, rows=(box_crop[1], box_crop[3]))
     return sample
 
 
