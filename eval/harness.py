@@ -170,8 +170,14 @@ def run_eval(checkpoint: str, benchmark: str, out: str, cfg: EvalConfig, allow_o
     if allow_overlap and contamination.find_lineage(checkpoint) is None:
         contam = contamination.ContaminationReport(False, None, note="no lineage.json; not checked (--allow-overlap)")
     else:
-        contam = contamination.check(checkpoint, samples)
-        if not contam.checked:
+        try:
+            contam = contamination.check(checkpoint, samples)
+        except contamination.ContaminationError as e:
+            if not allow_overlap:
+                raise OverlapError(str(e)) from e
+            contam = contamination.ContaminationReport(False, contamination.find_lineage(checkpoint),
+                                                       note=f"not checked (--allow-overlap): {e}")
+        if not contam.checked and not allow_overlap:
             raise OverlapError(f"contamination check impossible: {contam.note}. Pass --allow-overlap to evaluate anyway")
         if contam.benchmark_samples_overlapping and not allow_overlap:
             first = contam.overlaps[0]

@@ -145,6 +145,12 @@ def test_contamination_check_finds_shared_images_by_id_and_by_content(world):
     run = write_run_folder(str(world["root"] / "copy_run"), levels=2, lineage=lineage_for([copy]))
     found = contamination.check(run, samples)
     assert [(o["benchmark_key"], o["by"]) for o in found.overlaps] == [("test_val_2_1", "image_sha256")]
+    gone = write_run_folder(str(world["root"] / "gone_run"), levels=2,
+                            lineage={"schema": "smartbrush.lineage", "shard_sets": [
+                                {"path": str(world["root"] / "deleted"), "kind": "inpainting", "manifest_sha256": "0"}]})
+    with pytest.raises(contamination.ContaminationError, match="not readable"):
+        contamination.check(gone, samples)
+    assert not contamination.check(str(world["root"]), samples).checked  # no lineage.json: not checked
 
 
 @pytest.mark.slow
