@@ -528,3 +528,44 @@ def test_level_map_checks_do_not_trust_the_json_box():
     stray[2, 2] = 4  # a box-level pixel outside the box of level 0
     _, rejected = remask_samples([{**good, LEVELS: encode_level_map(stray)}], FINE, "in.tar")
     assert [(r["reason"], "box level" in r["detail"]) for r in rejected] == [("mask_unreadable", True)]
+
+
+def test_fast_tar_parse_equals_webdataset(tmp_path):
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    from smartbrush.pipeline.render.remask import _parse_plain_tar, parse_tar
+
+    def via_webdataset(data):
+        stream = wds.tariterators.tar_file_expander([{"stream": io.BytesIO(data), "url": "u"}])
+        return list(wds.tariterators.group_by_keys(stream))
+
+    entry = _shard_entry(tmp_path, "inpainting-000000.tar", [_sample("k1"), _sample("k2", version=1)])
+    data = (tmp_path / entry["name"]).read_bytes()
+    assert _parse_plain_tar(data, "u") is not None and parse_tar(data, "u") == via_webdataset(data)
+
+    def tar_of(*members):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, body in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+        return buf.getvalue()
+
+    others = [tar_of(("a.json", b"{}"), ("a.TXT", b"x")),  # upper-case extension: webdataset lower-cases
+              tar_of(("d/a.json", b"{}"), ("d/a.txt", b"x")),  # a directory in the name
+              tar_of(("a.json", b"{}"), ("a.json", b"{}")),  # duplicate member: webdataset raises
+              data + b"garbage"]
+    for other in others:
+        assert _parse_plain_tar(other, "u") is None
+        try:
+            expected = via_webdataset(other)
+        except Exception as e:
+            with pytest.raises(type(e)):
+                parse_tar(other, "u")
+        else:
+            assert parse_tar(other, "u") == expected
+    assert _parse_plain_tar(data[:len(data) // 2], "u") is None

@@ -27,6 +27,7 @@ level on every instance of coco_val2017_tiny and of the embedded sample data).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -210,11 +211,13 @@ def _prefix_signatures(levels) -> list[frozenset]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def unchanged_levels(old: MaskSchedule, new: MaskSchedule) -> dict[int, int]:
     """{new blur level k: old blur level j} for the levels of `new` whose mask equals a level of `old`
     by definition: level k is the union of the exact mask and blurs 1..k, so it is the same mask
     when the same set of blur definitions makes it (same sigma, kernel, units and threshold).
-    The exact level and the box are the same in every schedule and are not listed."""
+    The exact level and the box are the same in every schedule and are not listed. (Cached: callers
+    must not modify the result.)"""
     old_sig = _prefix_signatures(old.levels)
     first = {}
     for j in range(1, old.num_levels - 1):

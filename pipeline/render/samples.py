@@ -47,7 +47,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 # below the box are constant (OUTSIDE) and are compressed once per (row count, width) and cached;
 # only the box rows are filtered and compressed per sample. The IDAT stream is one zlib stream made
 # of raw-deflate segments, each ending on a byte boundary (sync flush, or the final block):
-#   zlib header | top rows (filter None) | box rows (filter Up) | bottom rows (filter None) | Adler-32
+#   zlib header | top rows | box rows | bottom rows | Adler-32       (every row with filter None)
 # and a private ancillary chunk (ignored by every PNG reader) records where the box segment lies, so
 # that decode_level_map can inflate only the box rows after checking that the other segments are
 # byte for byte the canonical ones. Any other PNG (or one that does not check out) is decoded by
@@ -83,13 +83,13 @@ def _constant_rows(n: int, width: int, last: bool) -> tuple[bytes, int, int]:
     return _deflate(raw.data, last), zlib.adler32(raw.data), raw.size
 
 
-def _box_rows_raw(rows: np.ndarray, first_row_above: int) -> np.ndarray:
-    """Rows of the map filtered with PNG's Up filter (row above: OUTSIDE, or 0 above row 0)."""
+def _box_rows_raw(rows: np.ndarray) -> np.ndarray:
+    """Rows of the map with PNG's filter None: deflate finds the runs and the repeated rows itself,
+    and neither side pays a filtering pass (un-filtering Up rows costs more than it saves)."""
     h, w = rows.shape
     raw = np.empty((h, w + 1), np.uint8)
-    raw[:, 0] = 2
-    np.subtract(rows[0], np.uint8(first_row_above), out=raw[0, 1:])  # modulo 256, as PNG defines it
-    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+    raw[:, 0] = 0
+    raw[:, 1:] = rows
     return raw
 
 
@@ -107,7 +107,7 @@ def encode_level_map(level_map: np.ndarray, rows: tuple[int, int] | None = None)
     y0, y1 = rows
     top, top_adler, top_len = _constant_rows(y0, w, last=y1 == y0 == h)
     if y1 > y0:
-        raw = _box_rows_raw(level_map[y0:y1], shard_sample.OUTSIDE if y0 > 0 else 0)
+        raw = _box_rows_raw(level_map[y0:y1])
         box, box_adler, box_len = _deflate(raw.data, last=y1 == h), zlib.adler32(raw.data), raw.nbytes
     else:
         box, box_adler, box_len = b"", 1, 0
@@ -163,11 +163,9 @@ def _decode_own_layout(data: bytes) -> tuple[np.ndarray, tuple[int, int]] | None
         if len(raw) != (y1 - y0) * (w + 1) or z.unused_data or z.eof != (y1 == h):
             return None
         rows = np.frombuffer(raw, np.uint8).reshape(y1 - y0, w + 1)
-        if not (rows[:, 0] == 2).all():
+        if rows[:, 0].any():  # every filter byte None
             return None
-        box = rows[:, 1:].copy()
-        box[0] += np.uint8(shard_sample.OUTSIDE if y0 > 0 else 0)
-        np.cumsum(box, axis=0, dtype=np.uint8, out=out[y0:y1])
+        out[y0:y1] = rows[:, 1:]
         box_adler, raw_len = zlib.adler32(raw), len(raw)
     adler = _adler32_combine(_adler32_combine(top_adler, box_adler, raw_len), bottom_adler, bottom_len)
     if struct.pack(">I", adler) != idat[-4:]:
