@@ -59,7 +59,9 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, where: str):
+def from_dict(cls, data: dict, where: str):
+    """A frozen config dataclass from a mapping: unknown keys and wrong types are errors naming the
+    key; nested dataclasses recurse. Shared by every config of the project."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -71,11 +73,21 @@ def _build(cls, data: dict, where: str):
         f = known[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, list):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
+            kwargs[name] = list(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.{name}: expected true or false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+            raise ValueError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
         else:
-            if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
-                raise ValueError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-            kwargs[name] = type(default)(value)
+            kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -87,7 +99,7 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def build_config_from_dict(data: dict, where: str = "config") -> BuildConfig:
-    cfg = _build(BuildConfig, data, where)
+    cfg = from_dict(BuildConfig, data, where)
     if cfg.render.exif not in ("auto", "apply", "ignore"):
         raise ValueError(f"{where}.render.exif: one of auto, apply, ignore")
     if cfg.render.crop_policy not in CROP_POLICIES:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import yaml
+
+from smartbrush.config import from_dict, merge
 
 SCHEDULERS = ("ddim", "ddpm", "pndm", "euler", "euler-ancestral", "dpm-solver++", "unipc", "lms")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -59,43 +60,6 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        f = known[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, list):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
-            kwargs[name] = list(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}.{name}: expected true or false, got {value!r}")
-            kwargs[name] = value
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[name] = float(value)
-        elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
-            raise ValueError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def check_sampler(cfg: SamplerConfig, where: str = "sampler") -> None:
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"{where}.scheduler {cfg.scheduler!r}: one of {SCHEDULERS}")
@@ -117,13 +81,13 @@ def _read_yaml(path: str) -> dict:
 
 
 def load_sampler_config(path: str = "", overrides: dict | None = None) -> SamplerConfig:
-    cfg = _build(SamplerConfig, _merge(_read_yaml(path), overrides or {}), path or "sampler")
+    cfg = from_dict(SamplerConfig, merge(_read_yaml(path), overrides or {}), path or "sampler")
     check_sampler(cfg)
     return cfg
 
 
 def load_eval_config(path: str = "", overrides: dict | None = None) -> EvalConfig:
-    cfg = _build(EvalConfig, _merge(_read_yaml(path), overrides or {}), path or "eval")
+    cfg = from_dict(EvalConfig, merge(_read_yaml(path), overrides or {}), path or "eval")
     check_sampler(cfg.sampler, "sampler")
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
