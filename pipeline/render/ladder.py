@@ -38,10 +38,11 @@ from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
 from smartbrush.schemas.shard_sample import MAX_LEVELS, OUTSIDE
 
-# Blur at 1/f resolution with f = floor(sigma / MIN_REDUCED_SIGMA) once f >= 2: the reduced sigma
-# stays >= MIN_REDUCED_SIGMA reduced pixels, which keeps the bilinearly upsampled field within
-# IoU 0.99 of the full-resolution one on real masks.
-MIN_REDUCED_SIGMA = 3.0
+# The pyramid goes down k levels while sigma >= MIN_REDUCED_SIGMA * 2^(k + 1): the Gaussian left to
+# apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 2,
+# every level of every preset stays within IoU 0.988 of the definition on the 815 instances of
+# coco_val2017_tiny (0.998 on the embedded sample data); blurs below sigma 4 run at full resolution.
+MIN_REDUCED_SIGMA = 2.0
 
 
 def blur_parameters(level: Level, box_side: int) -> tuple[float, int]:
