@@ -569,3 +569,42 @@ def test_fast_tar_parse_equals_webdataset(tmp_path):
         else:
             assert parse_tar(other, "u") == expected
     assert _parse_plain_tar(data[:len(data) // 2], "u") is None
+
+
+def to_v1_set(src, dst):
+    """A copy of a v2 shard set in the v1 sample format (one PNG per level, mask_keys), with its
+    manifest's shard entries updated: what an older smartbrush wrote."""
+    dst.mkdir()
+    for name in ("rejected.parquet", "config.yaml"):
+        shutil.copy(src / name, dst / name)
+    m = manifest(src)
+    entries = []
+    for entry in m["shards"]:
+        members = []
+        for s in read_shard(str(src / entry["name"])):
+            meta = json.loads(s["json"])
+            meta = {**{k: v for k, v in meta.items() if k not in ("image_sha256", "crop_policy")},
+                    "schema_version": 1, "mask_keys": shard_sample.mask_exts(len(meta["mask_schedule"]["levels"]))}
+            members.append((s["__key__"], {"jpg": s["jpg"], "json": encode_json(meta), **encode_masks_v1(sample_masks(s))}))
+        entries.append(write_shard(str(dst), entry["name"], members)[0])
+    (dst / "manifest.json").write_text(json.dumps({**m, "shards": entries}))
+
+
+@pytest.mark.slow
+def test_v1_set_is_remasked_to_v2(hand_made):
+    root, _, _ = hand_made
+    v1 = root / "base-v1"
+    if not v1.exists():
+        to_v1_set(root / "base", v1)
+    assert json.loads(next(iter(all_samples(v1).values()))["json"])["schema_version"] == 1
+    remask(v1, root / "v1-same", "smartbrush")  # the same schedule: every level copied
+    check_remasked(v1, root / "v1-same", SMARTBRUSH)
+    base, same = all_samples(root / "base"), all_samples(root / "v1-same")
+    assert sorted(base) == sorted(same)
+    for key, sample in same.items():
+        assert sample[LEVELS] == base[key][LEVELS] and sample["jpg"] == base[key]["jpg"]
+    remask(v1, root / "v1-fine", "smartbrush-fine")
+    check_remasked(v1, root / "v1-fine", FINE)
+    fine = all_samples(root / "fine") if (root / "fine").exists() else None
+    if fine is not None:  # the v2 remask of the same set gives the same masks
+        assert {k: s[LEVELS] for k, s in all_samples(root / "v1-fine").items()} == {k: s[LEVELS] for k, s in fine.items()}
