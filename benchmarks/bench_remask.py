@@ -123,7 +123,9 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_sample, over the source samples."""
-    from smartbrush.pipeline.render.ladder import render_level_map, unchanged_levels
+    import numpy as np
+
+    from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
     from smartbrush.pipeline.render.remask import input_schedule, new_meta, parse_tar
     from smartbrush.pipeline.render.samples import decode_level_map, encode_json, encode_level_map
     from smartbrush.pipeline.storage.shards import write_tar
@@ -142,10 +144,16 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
     maps = [decode_level_map(s["levels.png"]) for s in samples]
     steps["decode levels.png"] = time.perf_counter() - t
     t = time.perf_counter()
-    new_maps = [render_level_map(m == 0, schedule, copy=(m, c)) for m, c in zip(maps, copies)]
-    steps["render_level_map"] = time.perf_counter() - t
+    new_maps = []
+    for meta, m, c in zip(metas, maps, copies):  # as remask_sample does it: in the box
+        x0, y0, x1, y1 = meta["box_crop_xyxy"]
+        region = m[y0:y1, x0:x1]
+        new = np.full(m.shape, 255, np.uint8)
+        new[y0:y1, x0:x1] = render_region_map(region == 0, schedule, copy=(region, c))
+        new_maps.append((new, (y0, y1)))
+    steps["ladder (in the box)"] = time.perf_counter() - t
     t = time.perf_counter()
-    pngs = [encode_level_map(m) for m in new_maps]
+    pngs = [encode_level_map(m, rows=rows) for m, rows in new_maps]
     steps["encode levels.png"] = time.perf_counter() - t
     t = time.perf_counter()
     out = [(s["__key__"], {"jpg": s["jpg"], "json": encode_json(new_meta(m, schedule)), "levels.png": p})

@@ -16,15 +16,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from smartbrush import config as config_mod  # noqa: E402
 from smartbrush.config import RenderConfig  # noqa: E402
-from smartbrush.pipeline.render.ladder import (levels_from_map, render_ladder, render_level_map,  # noqa: E402
-                                               unchanged_levels)
+from smartbrush.pipeline.render.ladder import render_ladder, render_level_map, unchanged_levels  # noqa: E402
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
 from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, readable_keys, remask_sample,  # noqa: E402
                                               remask_samples, remask_shard)
 from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map,  # noqa: E402
-                                                encode_mask_png, encode_masks_v1, render_sample, sample_mask,
-                                                sample_masks)
+                                                encode_masks_v1, render_sample, sample_mask, sample_masks)
 from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
 from smartbrush.schemas import shard_sample  # noqa: E402
 from smartbrush.schemas.mask_schedule import from_dict  # noqa: E402
@@ -585,7 +583,8 @@ def to_v1_set(src, dst):
             meta = json.loads(s["json"])
             meta = {**{k: v for k, v in meta.items() if k not in ("image_sha256", "crop_policy")},
                     "schema_version": 1, "mask_keys": shard_sample.mask_exts(len(meta["mask_schedule"]["levels"]))}
-            members.append((s["__key__"], {"jpg": s["jpg"], "json": encode_json(meta), **encode_masks_v1(sample_masks(s))}))
+            masks = encode_masks_v1(sample_masks(s))
+            members.append((s["__key__"], {"jpg": s["jpg"], "json": encode_json(meta), **masks}))
         entries.append(write_shard(str(dst), entry["name"], members)[0])
     (dst / "manifest.json").write_text(json.dumps({**m, "shards": entries}))
 
@@ -607,4 +606,5 @@ def test_v1_set_is_remasked_to_v2(hand_made):
     check_remasked(v1, root / "v1-fine", FINE)
     fine = all_samples(root / "fine") if (root / "fine").exists() else None
     if fine is not None:  # the v2 remask of the same set gives the same masks
-        assert {k: s[LEVELS] for k, s in all_samples(root / "v1-fine").items()} == {k: s[LEVELS] for k, s in fine.items()}
+        from_v1 = all_samples(root / "v1-fine")
+        assert {k: s[LEVELS] for k, s in from_v1.items()} == {k: s[LEVELS] for k, s in fine.items()}

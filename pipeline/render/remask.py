@@ -18,7 +18,6 @@ import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import webdataset as wds
 
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
@@ -59,6 +58,8 @@ def parse_tar(data: bytes, url: str) -> list[dict]:
     samples = _parse_plain_tar(data, url)
     if samples is not None:
         return samples
+    import webdataset as wds  # only here: it imports torch, which a remask worker otherwise never needs
+
     stream = wds.tariterators.tar_file_expander([{"stream": io.BytesIO(data), "url": url}])
     return list(wds.tariterators.group_by_keys(stream))
 

@@ -309,7 +309,8 @@ def sample_level_map(sample: dict) -> np.ndarray:
     meta = sample_meta(sample)
     n = sample_num_levels(sample, meta)
     if meta["schema_version"] == 1:
-        return map_from_levels([decode_mask_png(_member(sample, k)) for k in _v1_mask_keys(meta, sample.get("__key__"))])
+        keys = _v1_mask_keys(meta, sample.get("__key__"))
+        return map_from_levels([decode_mask_png(_member(sample, k)) for k in keys])
     level_map = decode_level_map(_member(sample, shard_sample.LEVELS_EXT))
     return check_level_map(level_map, n, f"sample {sample.get('__key__')}: {shard_sample.LEVELS_EXT}")
 
