@@ -16,7 +16,8 @@ schemas/shard_sample.py), computed cheaply:
   each way), so the reduced Gaussian supplies only the rest of sigma^2, and the reduced grid keeps
   sigma / f >= about MIN_REDUCED_SIGMA pixels, fine enough for the smooth field. Unlike block means,
   the binomial prefilter does not move thin structures to block centres, so thin objects keep their
-  contour. Only the region plus a 2-pixel ring is upsampled at each level, never the kernel margin;
+  contour. The pyramid is built once per ladder and shared by its blurs; only the region plus a
+  2-pixel ring is blurred and upsampled at each level, never a kernel margin;
 - the join is free: levels are written into the map from S - 1 down to 1, then the exact mask,
   so each pixel keeps the smallest level that contains it;
 - levels known from elsewhere (remask copies the levels whose definition did not change) are not
@@ -74,30 +75,44 @@ def blur_region(region: np.ndarray, sigma: float, kernel: int, reduce: bool = Tr
     k = reduction_levels(sigma) if reduce else 0
     if k == 0:
         return _gaussian(region, sigma, kernel)
-    f = 2 ** k
-    h, w = region.shape
-    hs, ws = -(-h // f), -(-w // f)
-    # Zeros around the region (as outside the box), sized in multiples of f: 2f on each side covers
-    # the reach of k pyrDown steps (2 pixels at each level), so their reflected borders see zeros.
-    p = 2 * f
-    field = np.zeros((hs * f + 2 * p, ws * f + 2 * p), np.float32)
-    field[p:p + h, p:p + w] = region
-    for _ in range(k):
-        field = cv2.pyrDown(field)  # 5-tap binomial (variance 1 at that level), then every other pixel
-    # The k pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
-    # full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2.
-    small_var = (sigma * sigma - 2 * (4 ** k - 1) / 3.0) / (f * f)
-    small_sigma = math.sqrt(max(small_var, 0.25))
-    small_kernel = max(3, int(round(kernel / f)) | 1)
-    m = small_kernel // 2 + 1  # room for the blur to spread past the region
-    field = cv2.copyMakeBorder(field, m, m, m, m, cv2.BORDER_CONSTANT, value=0)
-    field = _gaussian(field, small_sigma, small_kernel)
-    # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
-    # reaches the outermost pixel, which the crop drops): the kernel margin is never upsampled.
-    field = field[m:m + hs + 4, m:m + ws + 4]
-    for _ in range(k):
-        field = cv2.pyrUp(field)[2:-2, 2:-2]
-    return field[2:2 + h, 2:2 + w]
+    return _Pyramid(region, k).blur(sigma, kernel, k)
+
+
+class _Pyramid:
+    """pyrDown levels 1..depth of a region, zero-padded, built once for all the blurs of a ladder.
+
+    The region sits at offset 2 * 2^depth of a zero array whose sides are multiples of 2^depth: the
+    pyrDown reflected borders only ever see zeros, every level halves exactly, and the region's
+    pixel (0, 0) stays a sample of every level (at offset 2^(depth + 1 - k) of level k). Nothing
+    nonzero reaches more than one pixel past the region at any level (the 5-tap filter spreads by
+    two pixels, the subsampling halves that), so a 2-pixel ring around the region holds all of it."""
+
+    def __init__(self, region: np.ndarray, depth: int):
+        self.h, self.w = region.shape
+        F = 2 ** depth
+        p = 2 * F
+        field = np.zeros((-(-self.h // F) * F + 2 * p, -(-self.w // F) * F + 2 * p), np.float32)
+        field[p:p + self.h, p:p + self.w] = region
+        self.depth, self.levels = depth, [field]
+        for _ in range(depth):
+            self.levels.append(cv2.pyrDown(self.levels[-1]))  # 5-tap binomial (variance 1), every other pixel
+
+    def blur(self, sigma: float, kernel: int, k: int) -> np.ndarray:
+        f = 2 ** k
+        hs, ws = -(-self.h // f), -(-self.w // f)
+        o = 2 ** (self.depth + 1 - k)
+        field = self.levels[k][o - 2:o + hs + 2, o - 2:o + ws + 2]  # the region and its 2-pixel ring
+        # The k pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
+        # full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2. Its zero border
+        # stands for the zeros past the ring.
+        small_var = (sigma * sigma - 2 * (4 ** k - 1) / 3.0) / (f * f)
+        small_kernel = max(3, int(round(kernel / f)) | 1)
+        field = _gaussian(np.ascontiguousarray(field), math.sqrt(max(small_var, 0.25)), small_kernel)
+        # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
+        # reaches the outermost pixel, which the crop drops): nothing past the ring is upsampled.
+        for _ in range(k):
+            field = cv2.pyrUp(field)[2:-2, 2:-2]
+        return field[2:2 + self.h, 2:2 + self.w]
 
 
 def _box(exact: np.ndarray) -> tuple[int, int, int, int]:
@@ -140,17 +155,19 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     S = schedule.num_levels - 1
     box_side = max(region.shape)
     old_region, copied = copy if copy is not None else (None, {})
-    region_f = None
+    blurs = {k: blur_parameters(schedule.levels[k], box_side) for k in range(1, S) if k not in copied}
+    depth = max((reduction_levels(sigma) if reduce else 0 for sigma, _ in blurs.values()), default=0)
+    region_f = region.astype(np.float32) if blurs else None
+    pyramid = _Pyramid(region_f, depth) if depth else None  # shared by every reduced blur
     rmap = np.full(region.shape, S, np.uint8)
     for k in range(S - 1, 0, -1):
         if k in copied:
             inside = old_region <= copied[k]
         else:
-            level = schedule.levels[k]
-            if region_f is None:
-                region_f = region.astype(np.float32)
-            sigma, kernel = blur_parameters(level, box_side)
-            inside = blur_region(region_f, sigma, kernel, reduce) > level.threshold
+            sigma, kernel = blurs[k]
+            levels_down = reduction_levels(sigma) if reduce else 0
+            field = pyramid.blur(sigma, kernel, levels_down) if levels_down else _gaussian(region_f, sigma, kernel)
+            inside = field > schedule.levels[k].threshold
         rmap[inside] = k
     rmap[region] = 0
     return rmap
