@@ -160,10 +160,10 @@ def test_unchanged_levels_are_copied_not_recomputed(monkeypatch):
     old_map[odd] = 1
     sample = {**_sample(schedule=old), LEVELS: encode_level_map(old_map)}
     calls = []
-    real = ladder.blur_region
-    monkeypatch.setattr(ladder, "blur_region", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = ladder.blur_parameters  # called once per level that is blurred
+    monkeypatch.setattr(ladder, "blur_parameters", lambda level, side: calls.append(level) or real(level, side))
     out = sample_masks({"__key__": "k", **remask_sample(sample, new)})
-    assert calls == [pytest.approx(0.2 * 25)]  # one blur: the new level 2 (box side 25)
+    assert calls == [new.levels[2]]  # one blur: the new level 2
     np.testing.assert_array_equal(out[1], old_map <= 1)
     np.testing.assert_array_equal(out[2], render_ladder(exact, _schedule(c))[1] | (old_map <= 1))
 
