@@ -1,9 +1,10 @@
 """`smartbrush remask`: an inpainting shard set + a new mask schedule -> a new shard set.
 
 One Beam work item per input shard (listed from the input manifest.json); each worker reads its
-shard, recomputes every mask level from the s = 0 mask (pipeline.remask_shard) and writes a shard
-of the same name. Images, captions and metadata are not touched; no annotation or source image is
-read. See docs/remask.md.
+shard (sample format v1 or v2), renders each sample's ladder with the new schedule from its s = 0
+mask, copying the levels whose definition did not change (pipeline/render/remask.py), and writes a
+v2 shard of the same name. Images, captions and metadata are not touched; no annotation or source
+image is read. See docs/remask.md and docs/shard-format.md.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ INPUTS = "inputs"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartbrush remask", epilog=BEAM_FLAGS_HELP,
-        description="Recompute every mask level of an inpainting shard set from its s = 0 masks with a new "
-                    "schedule (which may change the number of levels S). Images, captions and metadata are "
-                    "copied byte for byte; shards keep their names. Writes shards, manifest.json (with both "
-                    "schedules and the input manifest's sha256), rejected.parquet and config.yaml.")
+        description="Re-render the mask ladder of an inpainting shard set (sample format v1 or v2) from its s = 0 "
+                    "masks with a new schedule (which may change the number of levels S); levels whose definition "
+                    "did not change are copied. Writes sample format v2 (one levels.png level map per sample). "
+                    "Images, captions and metadata are copied byte for byte; shards keep their names. Writes "
+                    "shards, manifest.json (with both schedules and the input manifest's sha256), rejected.parquet "
+                    "and config.yaml.")
     parser.add_argument("--shards", required=True, help="input shard set folder (holding manifest.json)")
     parser.add_argument("--schedule", required=True, help="new mask schedule: preset "
                         f"({', '.join(config_mod.list_presets('schedules'))}) or YAML file")
