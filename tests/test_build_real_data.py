@@ -191,7 +191,7 @@ def test_wids_reads_the_shards(built):
     assert len(ds) == manifest["counts"]["written"]
     last = ds[len(ds) - 1]
     meta = json.loads(last[".json"].read() if hasattr(last[".json"], "read") else last[".json"])
-    assert len(meta["mask_keys"]) == 5 and "." + meta["mask_keys"][0] in last
+    assert len(meta["mask_schedule"]["levels"]) == 5 and ".levels.png" in last
 
 
 def test_config_change_refused(built):

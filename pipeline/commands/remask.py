@@ -23,7 +23,8 @@ from smartbrush import config as config_mod
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
 from smartbrush.pipeline.commands.flags import parse_job_args
-from smartbrush.pipeline.storage.manifest import counts, make_manifest, read_rejected, reconciles, write_rejected_and_manifest
+from smartbrush.pipeline.storage.identity import make_identity
+from smartbrush.pipeline.storage.manifest import ReconciliationError, counts, finalize_set, read_rejected, reconciles
 from smartbrush.pipeline.render.remask import remask_shard
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas.mask_schedule import MaskSchedule
@@ -127,15 +128,14 @@ class FinalizeRemask(beam.DoFn):
         written = sum(s["samples"] for s in shards)
         stage = counts(sum(inputs), written, rejected)
         upstream_rejected = read_rejected(self.in_dir)
-        total = counts(self.input_manifest["counts"]["inputs"], written, upstream_rejected + rejected)
-        if not reconciles(stage) or not reconciles(total):
-            raise RuntimeError(f"remask counts do not reconcile: this stage {stage}, carried forward {total}; "
-                               f"is {self.in_dir}/{manifest_schema.FILE_NAME} consistent with its shards?")
+        if not reconciles(stage):
+            raise ReconciliationError(f"remask counts do not reconcile: this stage {stage}; is "
+                                      f"{self.in_dir}/{manifest_schema.FILE_NAME} consistent with its shards?")
         lineage = {**self.lineage, "remask_counts": stage}
-        yield write_rejected_and_manifest(
-            self.out_dir, upstream_rejected + rejected,
-            lambda rej: make_manifest(manifest_schema.KIND_INPAINTING, self.config, self.schedule,
-                                      self.input_files, total, shards, rej, lineage))
+        # Counts carried forward to the original records; finalize_set checks they reconcile too.
+        yield finalize_set(self.out_dir, manifest_schema.KIND_INPAINTING, self.config, self.schedule,
+                           self.input_files, self.input_manifest["counts"]["inputs"], shards,
+                           upstream_rejected + rejected, lineage)
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -154,14 +154,15 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     if _same_folder(args.out, args.shards):
         raise SystemExit("--out must differ from --shards: remask writes a new shard set")
     cfg = derived_config(manifest["config"], args.schedule, args.shards)
-    prepare_output(args.out, cfg)
     manifest_path = fileio.join(args.shards, manifest_schema.FILE_NAME)
     sha = hashlib.sha256(raw).hexdigest()
+    input_files = [{"path": manifest_path, "bytes": len(raw), "sha256": sha}]
+    prepare_output(args.out, cfg, make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule.to_json(),
+                                                inputs=input_files))
     lineage = {"input_manifest_sha256": sha, "input_dir": args.shards,
                "input_mask_schedule": manifest["mask_schedule"], "input_counts": manifest["counts"]}
     if manifest.get("lineage"):
         lineage["input_lineage"] = manifest["lineage"]
-    input_files = [{"path": manifest_path, "bytes": len(raw), "sha256": sha}]
     names = sorted(s["name"] for s in manifest["shards"])
 
     options, runner = pipeline_options(beam_args)

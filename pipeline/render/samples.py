@@ -239,7 +239,7 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
         "image_id": row["image_id"],
         "annotation_id": row["annotation_id"],
         "image_path": row["image_path"],
-        "image_sha256": row.get("image_sha256", ""),  # of the source file; "" when rendered without it
+        "image_sha256": row.get("image_sha256"),  # of the source file; null when rendered without it
         "image_size": [width, height],
         "category_id": row["category_id"],
         "label": row["label"],

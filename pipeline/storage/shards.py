@@ -9,7 +9,8 @@ import tarfile
 from smartbrush.pipeline.storage import fileio
 
 # Fixed member metadata so that equal samples give byte-identical tars.
-_TAR_OPTIONS = {"user": "smartbrush", "group": "smartbrush", "mode": 0o644, "mtime": 0.0}
+# mtime is an int: a float makes tarfile write a pax header before every member.
+_TAR_OPTIONS = {"user": "smartbrush", "group": "smartbrush", "mode": 0o644, "mtime": 0}
 
 
 def shard_name(prefix: str, index: int) -> str:
