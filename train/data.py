@@ -22,7 +22,7 @@ import webdataset as wds
 from webdataset.pytorch import IterableDataset  # torch's when installed, else a stub
 from webdataset.utils import pytorch_worker_info
 
-from smartbrush.pipeline.render.samples import decode_jpeg, decode_mask_png, sample_meta
+from smartbrush.pipeline.render.samples import decode_jpeg, sample_level_map, sample_meta, sample_num_levels
 
 INPAINTING = "inpainting"
 TEXT_TO_IMAGE = "text_to_image"
@@ -56,49 +56,61 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def pick_caption(meta: dict, rng: random.Random) -> str:
-    """One of the inpainting sample's non-empty captions, uniformly; its label when it has none."""
+def pick_caption(meta: dict, rng: random.Random, p_label: float | None = None) -> str:
+    """The text of an inpainting sample. `p_label` None: one of its non-empty captions uniformly (the
+    label caption among them). Else the class label with probability p_label and otherwise one of
+    its model captions (BLIP), uniformly; the label when it has none."""
     texts = [c["text"] for c in meta.get("captions") or [] if c.get("text", "").strip()]
-    return rng.choice(texts) if texts else meta["label"]
+    if p_label is None:
+        return rng.choice(texts) if texts else meta["label"]
+    model = [c["text"] for c in meta.get("captions") or [] if c.get("model") != "label" and c.get("text", "").strip()]
+    if rng.random() < p_label or not model:
+        return meta["label"]
+    return rng.choice(model)
 
 
-def fit(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shorter side to `resolution`, then the centre square (area interpolation, nearest for the mask)."""
+def fit(image: np.ndarray, mask: np.ndarray, resolution: int, *more: np.ndarray):
+    """Shorter side to `resolution`, then the centre square (area interpolation, nearest for the masks);
+    `more` masks are cut the same way and returned after the first two."""
     h, w = mask.shape
     if (h, w) == (resolution, resolution):
-        return image, mask
+        return (image, mask, *more) if more else (image, mask)
     scale = resolution / min(h, w)
     nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
-    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    mask = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST) > 0
     y, x = (nh - resolution) // 2, (nw - resolution) // 2
-    return image[y:y + resolution, x:x + resolution], mask[y:y + resolution, x:x + resolution]
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    masks = [cv2.resize(m.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)[y:y + resolution,
+             x:x + resolution] > 0 for m in (mask, *more)]
+    return (image[y:y + resolution, x:x + resolution], *masks)
 
 
 def training_sample(raw: dict, level: int | None = None, rng: random.Random | None = None,
-                    num_levels: int | None = None, resolution: int | None = None) -> dict:
+                    num_levels: int | None = None, resolution: int | None = None,
+                    p_label: float | None = None) -> dict:
     """The common dict of one raw sample. `level` picks the inpainting mask (None: uniform from `rng`);
-    `num_levels` is S + 1 reported for text-to-image samples (default: the default schedule's)."""
+    `num_levels` is S + 1 reported for text-to-image samples (default: the default schedule's).
+    `exact` is the s = 0 object mask (all False for text-to-image samples: there is no object)."""
     rng = rng or random.Random(0)
     key = raw.get("__key__", "")
     if sample_task(raw) == INPAINTING:
         meta = sample_meta(raw)
-        mask_keys = meta["mask_keys"]
-        s = rng.randrange(len(mask_keys)) if level is None else level
-        if not 0 <= s < len(mask_keys):
-            raise ValueError(f"sample {key}: level {s} outside 0..{len(mask_keys) - 1}")
-        image, mask = decode_jpeg(raw["jpg"]), decode_mask_png(raw[mask_keys[s]])
-        out = {"level": s, "num_levels": len(mask_keys), "text": pick_caption(meta, rng), "task": INPAINTING}
+        n = sample_num_levels(raw, meta)
+        s = rng.randrange(n) if level is None else level
+        if not 0 <= s < n:
+            raise ValueError(f"sample {key}: level {s} outside 0..{n - 1}")
+        level_map = sample_level_map(raw)  # every level from one decode
+        image, mask, exact = decode_jpeg(raw["jpg"]), level_map <= s, level_map == 0
+        out = {"level": s, "num_levels": n, "text": pick_caption(meta, rng, p_label), "task": INPAINTING}
     else:
         n = num_levels or default_num_levels()
         image = decode_jpeg(raw["jpg"])
-        mask = np.ones(image.shape[:2], bool)
+        mask, exact = np.ones(image.shape[:2], bool), np.zeros(image.shape[:2], bool)
         out = {"level": n - 1, "num_levels": n, "text": _text(raw["txt"]), "task": TEXT_TO_IMAGE}
     if image.shape[:2] != mask.shape:
         raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {mask.shape} differ")
     if resolution:
-        image, mask = fit(image, mask, resolution)
-    return {"image": image, "mask": mask, "key": key, **out}
+        image, mask, exact = fit(image, mask, resolution, exact)
+    return {"image": image, "mask": mask, "exact": exact, "key": key, **out}
 
 
 class ToTrainingSample:
