@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "laion": ("smartbrush.pipeline.commands.laion", "run", "LAION-Aesthetics parquet through img2dataset to text-to-image shards"),
     "verify": ("smartbrush.pipeline.commands.verify", "main", "check every shard against its manifest"),
     "stats": ("smartbrush.pipeline.commands.stats", "main", "counts and distributions of a shard set"),
+    "train": ("smartbrush.train.cli", "main", "SmartBrush fine-tuning on inpainting (+ text-to-image) shards"),
     "preview": ("smartbrush.pipeline.commands.preview", "main", "contact sheet of samples with every mask level"),
     "sample": ("smartbrush.eval.commands", "sample_main", "inpaint one image with a SmartBrush checkpoint at a mask precision level"),
     "eval": ("smartbrush.eval.commands", "eval_main", "FID, local FID, CLIP score, background preservation, mask IoU vs baselines"),

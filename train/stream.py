@@ -1,0 +1,195 @@
+"""The training stream: batches drawn from inpainting and text-to-image shard sets, a pure function of
+(seed, rank, batch index).
+
+Each batch j of rank r comes from `random.Random(f"{seed}:{r}:{j}")`: it picks a few shards (by
+their sample counts), then samples by index inside them (random access through `wids`, webdataset's
+indexed reader), the task of each sample (inpainting with probability p_inpainting), its precision
+level and its text. Nothing depends on what came before, so a resumed run at step k yields exactly
+the batches an uninterrupted run yields, whatever the number of DataLoader workers (worker w makes
+batches w, w + W, ...; the DataLoader returns them in order). Ranks draw from disjoint shard subsets
+(`shards[rank::world]`) when there are at least as many shards as ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from smartbrush.pipeline.render.samples import sample_meta
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.storage.manifest import read_manifest
+from smartbrush.schemas import manifest as manifest_schema
+from smartbrush.train.data import INPAINTING, TEXT_TO_IMAGE, training_sample
+
+log = logging.getLogger("smartbrush.train")
+MAX_SKIPS_PER_BATCH = 64
+
+
+class ShardSetError(ValueError):
+    """A shard set that cannot be trained on, or that disagrees with the config or another set."""
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    path: str
+    kind: str  # inpainting | text_to_image
+    manifest_sha256: str
+    shards: tuple  # ({"url", "nsamples"}, ...)
+    num_levels: int | None  # S + 1 of an inpainting set
+    sample_version: int | None
+
+    def lineage(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "manifest_sha256": self.manifest_sha256}
+
+
+def read_shard_set(path: str, kind: str) -> ShardSet:
+    try:
+        manifest = read_manifest(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ShardSetError(str(e)) from None
+    if manifest["kind"] != kind:
+        raise ShardSetError(f"{path}: a {manifest['kind']} shard set, given as {kind}")
+    shards = tuple({"url": fileio.join(path, s["name"]), "nsamples": s["samples"]} for s in manifest["shards"]
+                   if s["samples"] > 0)
+    if not shards:
+        raise ShardSetError(f"{path}: no samples")
+    sha = hashlib.sha256(fileio.read_bytes(fileio.join(path, manifest_schema.FILE_NAME))).hexdigest()
+    num_levels = version = None
+    if kind == INPAINTING:
+        num_levels = len((manifest.get("mask_schedule") or {}).get("levels") or [])
+        version = sample_meta(_first_sample(shards[0]["url"]))["schema_version"]  # raises on an unknown version
+    return ShardSet(path, kind, sha, shards, num_levels, version)
+
+
+def _first_sample(url: str) -> dict:
+    import tarfile
+
+    sample: dict = {}
+    with fileio.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            if sample and sample["__key__"] != key:
+                break
+            sample["__key__"] = key
+            sample[ext] = tar.extractfile(member).read()
+    return sample
+
+
+def check_shard_sets(inpainting: list[ShardSet], text_to_image: list[ShardSet], num_levels: int | None) -> int:
+    """S + 1 shared by every inpainting set (and the config, when it names one); the error names both."""
+    if not inpainting:
+        raise ShardSetError("no inpainting shard set (--inpainting-shards)")
+    first = inpainting[0]
+    for other in inpainting[1:]:
+        if (other.num_levels, other.sample_version) != (first.num_levels, first.sample_version):
+            raise ShardSetError(f"{first.path} has {first.num_levels} levels (sample format v{first.sample_version}), "
+                                f"{other.path} has {other.num_levels} (v{other.sample_version})")
+    if num_levels and num_levels != first.num_levels:
+        raise ShardSetError(f"the config says {num_levels} precision levels, {first.path} has {first.num_levels}")
+    return first.num_levels
+
+
+def rank_shards(sets: list[ShardSet], rank: int, world: int) -> list[dict]:
+    shards = sorted((s for ss in sets for s in ss.shards), key=lambda s: s["url"])
+    if len(shards) < world:
+        log.warning("%d shards for %d ranks: ranks share shards", len(shards), world)
+        return shards
+    return shards[rank::world]
+
+
+def _raw(item: dict) -> dict:
+    """A wids sample ({".ext": stream}) as the raw webdataset dict ({"ext": bytes})."""
+    raw = {"__key__": item["__key__"]}
+    for k, v in item.items():
+        if k.startswith("."):
+            raw[k[1:]] = v.read() if hasattr(v, "read") else v
+    return raw
+
+
+def collate(samples: list[dict]) -> dict:
+    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    as_mask = lambda name: torch.from_numpy(np.stack([s[name] for s in samples])).unsqueeze(1).float()  # noqa: E731
+    return {"image": image, "mask": as_mask("mask"), "exact": as_mask("exact"),
+            "level": torch.tensor([s["level"] for s in samples], dtype=torch.long),
+            "is_inpainting": torch.tensor([s["task"] == INPAINTING for s in samples]),
+            "text": [s["text"] for s in samples], "key": [s["key"] for s in samples]}
+
+
+class BatchStream(IterableDataset):
+    """Infinite batches (collated tensors) from batch `start_batch` on; see the module docstring."""
+
+    def __init__(self, inpainting: list[ShardSet], text_to_image: list[ShardSet], *, batch_size: int, resolution: int,
+                 num_levels: int, seed: int = 0, p_inpainting: float = 0.8, p_label: float = 0.5,
+                 level: int | None = None, shards_per_batch: int = 4, rank: int = 0, world: int = 1,
+                 start_batch: int = 0):
+        super().__init__()
+        self.shards = {INPAINTING: rank_shards(inpainting, rank, world),
+                       TEXT_TO_IMAGE: rank_shards(text_to_image, rank, world) if text_to_image else []}
+        self.batch_size, self.resolution, self.num_levels, self.seed = batch_size, resolution, num_levels, seed
+        self.p_inpainting = p_inpainting if text_to_image else 1.0
+        self.p_label, self.level, self.shards_per_batch = p_label, level, shards_per_batch
+        self.rank, self.start_batch = rank, start_batch
+        self._readers: dict = {}
+
+    def _reader(self, shard: dict):
+        reader = self._readers.get(shard["url"])
+        if reader is None:
+            import contextlib
+            import io
+
+            import wids
+
+            with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line per dataset
+                reader = wids.ShardListDataset([shard], transformations=[], lru_size=1)
+            if len(self._readers) >= 16:
+                self._readers.pop(next(iter(self._readers)))
+            self._readers[shard["url"]] = reader
+        return reader
+
+    def batch(self, j: int) -> dict:
+        """Batch j of this rank."""
+        rng = random.Random(f"{self.seed}:{self.rank}:{j}")
+        picked = {task: rng.choices(shards, weights=[s["nsamples"] for s in shards], k=self.shards_per_batch)
+                  for task, shards in self.shards.items() if shards}
+        samples, skipped = [], 0
+        while len(samples) < self.batch_size:
+            task = INPAINTING if rng.random() < self.p_inpainting else TEXT_TO_IMAGE
+            shard = rng.choice(picked[task])
+            index = rng.randrange(shard["nsamples"])
+            try:
+                raw = _raw(self._reader(shard)[index])
+                samples.append(training_sample(raw, self.level, rng, self.num_levels, self.resolution, self.p_label))
+            except Exception as e:  # a corrupt sample is skipped and counted, never fatal
+                skipped += 1
+                log.warning("skipping sample %d of %s: %s: %s", index, shard["url"], type(e).__name__, e)
+                if skipped > MAX_SKIPS_PER_BATCH:
+                    raise RuntimeError(f"more than {MAX_SKIPS_PER_BATCH} unreadable samples in one batch "
+                                       f"(last: {shard['url']}): is the shard set damaged?") from e
+        return {**collate(samples), "skipped": skipped, "batch_index": j}
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        j = self.start_batch + worker
+        while True:
+            yield self.batch(j)
+            j += workers
+
+
+def env_rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def dumps_lineage(sets: list[ShardSet]) -> list[dict]:
+    return [s.lineage() for s in sets]
+
+
+__all__ = ["BatchStream", "ShardSet", "ShardSetError", "read_shard_set", "check_shard_sets", "collate", "json"]
