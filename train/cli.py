@@ -52,6 +52,7 @@ def overrides(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_job_args(build_parser(), argv, beam=False)
+    from smartbrush.model.unet import BaseModelError
     from smartbrush.train.loop import TrainingDiverged, train
     from smartbrush.train.stream import ShardSetError, read_shard_set
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"smartbrush train: {e}") from None
     try:
         result = train(cfg, inpainting, t2i, args.out, validation, args.validate_every, args.validation_batches)
-    except (ShardSetError, TrainingDiverged) as e:
+    except (ShardSetError, TrainingDiverged, BaseModelError) as e:
         raise SystemExit(f"smartbrush train: {e}") from None
     print(f"train: {result['step']} steps, last loss {result['last_loss']:.5f}; model: {result['final']}")
     return 0

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
 
 import torch
-import torch.nn.functional as F
 
 from smartbrush.model.unet import smartbrush_unet_from_pretrained, split_output
 from smartbrush.schemas import training_run
@@ -305,4 +303,3 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-__all__ = ["train", "TrainingDiverged", "validate", "math", "F"]

@@ -13,9 +13,7 @@ batches w, w + W, ...; the DataLoader returns them in order). Ranks draw from di
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 
@@ -182,14 +180,3 @@ class BatchStream(IterableDataset):
         while True:
             yield self.batch(j)
             j += workers
-
-
-def env_rank_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def dumps_lineage(sets: list[ShardSet]) -> list[dict]:
-    return [s.lineage() for s in sets]
-
-
-__all__ = ["BatchStream", "ShardSet", "ShardSetError", "read_shard_set", "check_shard_sets", "collate", "json"]

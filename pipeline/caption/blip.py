@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import re
-import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
