@@ -14,7 +14,7 @@ from smartbrush.model.unet import smartbrush_unet_from_pretrained, split_output
 from smartbrush.schemas import training_run
 from smartbrush.train.config import TrainConfig, to_yaml
 from smartbrush.train.objective import drop_text, mask_to_latent, masked_noising, smartbrush_loss
-from smartbrush.train.stream import BatchStream, ShardSet, check_shard_sets
+from smartbrush.train.stream import BatchStream, ShardSet, check_shard_sets, to_model_inputs
 
 log = logging.getLogger("smartbrush.train")
 TIMESTEP_BUCKETS = 4
@@ -65,8 +65,7 @@ class Components:
 
 def forward_loss(c: Components, unet, batch: dict, cfg: TrainConfig, generator: torch.Generator, device) -> tuple:
     """(loss, parts, extras) of one micro-batch; every random draw comes from `generator`."""
-    image = batch["image"].to(device)
-    mask, exact = batch["mask"].to(device), batch["exact"].to(device)
+    image, mask, exact = to_model_inputs(batch, device)
     prompts = drop_text(batch["text"], cfg.data.text_dropout, generator)
     ids = c.tokenizer(prompts, padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.to(device)

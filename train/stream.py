@@ -113,12 +113,21 @@ def _raw(item: dict) -> dict:
 
 
 def collate(samples: list[dict]) -> dict:
-    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    as_mask = lambda name: torch.from_numpy(np.stack([s[name] for s in samples])).unsqueeze(1).float()  # noqa: E731
-    return {"image": image, "mask": as_mask("mask"), "exact": as_mask("exact"),
+    """Tensors of a batch, kept compact for the trip from DataLoader workers: images uint8 [B, 3, R, R]
+    and masks bool [B, 1, R, R]; `to_model_inputs` makes them float on the training device."""
+    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
+    return {"image": image,
+            "mask": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None],
+            "exact": torch.from_numpy(np.stack([s["exact"] for s in samples]))[:, None],
             "level": torch.tensor([s["level"] for s in samples], dtype=torch.long),
             "is_inpainting": torch.tensor([s["task"] == INPAINTING for s in samples]),
             "text": [s["text"] for s in samples], "key": [s["key"] for s in samples]}
+
+
+def to_model_inputs(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image in [-1, 1], mask, exact mask) as float tensors on `device`."""
+    image = batch["image"].to(device, non_blocking=True).float() / 127.5 - 1.0
+    return image, batch["mask"].to(device).float(), batch["exact"].to(device).float()
 
 
 class BatchStream(IterableDataset):
