@@ -19,19 +19,9 @@ SIZE = 32  # pixels; the tiny VAE halves it once (latents 16 x 16)
 # ---- tiny components (also used by tests/test_eval.py) ---------------------------------------------
 
 def tiny_tokenizer(folder: str):
-    from transformers import CLIPTokenizer
+    from smartbrush.model.tiny import write_tiny_tokenizer
 
-    os.makedirs(folder, exist_ok=True)
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
+    return write_tiny_tokenizer(folder)
 
 
 def tiny_text_encoder(tok, seed: int = 0):
