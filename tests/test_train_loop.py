@@ -15,7 +15,7 @@ from smartbrush.pipeline.render.samples import encode_json, encode_jpeg
 from smartbrush.pipeline.storage.manifest import finalize_set
 from smartbrush.pipeline.storage.shards import shard_name, write_shard
 from smartbrush.train.config import load_train_config
-from smartbrush.train.stream import BatchStream, ShardSetError, check_shard_sets, read_shard_set
+from smartbrush.train.stream import BatchStream, ShardSetError, batch_masks, check_shard_sets, read_shard_set
 
 
 def _build(root, name, *extra):
@@ -87,7 +87,8 @@ def test_mix_is_80_20(sets):
     assert len(flags) == 2000 and 0.77 <= flags.float().mean().item() <= 0.83
     batch = s.batch(0)
     t2i = ~batch["is_inpainting"]
-    assert torch.all(batch["mask"][t2i]) and not torch.any(batch["exact"][t2i])
+    mask, exact = batch_masks(batch)
+    assert t2i.any() and torch.all(mask[t2i]) and not torch.any(exact[t2i])
     assert torch.all(batch["level"][t2i] == 4)
 
 
@@ -100,8 +101,10 @@ def test_resumed_stream_yields_the_uninterrupted_batches(sets):
 def test_levels_and_masks_nest(sets):
     b = _stream(sets, batch_size=16).batch(0)
     assert set(b["level"].tolist()) <= set(range(5))
-    inp = b["is_inpainting"]
-    assert not torch.any(b["exact"][inp] & ~b["mask"][inp])  # the exact mask lies inside every level
+    mask, exact = batch_masks(b)
+    assert exact.any() and not torch.any(exact & ~mask)  # the exact mask lies inside every level
+    for k, level in enumerate(b["level"].tolist()):  # the mask is the sample's own level
+        assert torch.equal(mask[k], b["level_map"][k] <= level)
 
 
 def test_shard_sets_that_disagree_fail_naming_both(sets):

@@ -69,6 +69,12 @@ def pick_caption(meta: dict, rng: random.Random, p_label: float | None = None) -
     return rng.choice(model)
 
 
+def _resize_nearest(m: np.ndarray, w: int, h: int) -> np.ndarray:
+    if m.dtype == bool:
+        return cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def fit(image: np.ndarray, mask: np.ndarray, resolution: int, *more: np.ndarray):
     """Shorter side to `resolution`, then the centre square (area interpolation, nearest for the masks);
     `more` masks are cut the same way and returned after the first two."""
@@ -79,17 +85,18 @@ def fit(image: np.ndarray, mask: np.ndarray, resolution: int, *more: np.ndarray)
     nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
     y, x = (nh - resolution) // 2, (nw - resolution) // 2
     image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    masks = [cv2.resize(m.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)[y:y + resolution,
-             x:x + resolution] > 0 for m in (mask, *more)]
+    masks = [_resize_nearest(m, nw, nh)[y:y + resolution, x:x + resolution] for m in (mask, *more)]
     return (image[y:y + resolution, x:x + resolution], *masks)
 
 
 def training_sample(raw: dict, level: int | None = None, rng: random.Random | None = None,
                     num_levels: int | None = None, resolution: int | None = None,
-                    p_label: float | None = None) -> dict:
+                    p_label: float | None = None, compact: bool = False) -> dict:
     """The common dict of one raw sample. `level` picks the inpainting mask (None: uniform from `rng`);
     `num_levels` is S + 1 reported for text-to-image samples (default: the default schedule's).
-    `exact` is the s = 0 object mask (all False for text-to-image samples: there is no object)."""
+    `exact` is the s = 0 object mask (all False for text-to-image samples: there is no object).
+    `compact`: return the uint8 `level_map` instead of the two masks (mask = map <= level,
+    exact = map == 0; a text-to-image sample's map is S everywhere), a third of the bytes to move."""
     rng = rng or random.Random(0)
     key = raw.get("__key__", "")
     if sample_task(raw) == INPAINTING:
@@ -99,18 +106,20 @@ def training_sample(raw: dict, level: int | None = None, rng: random.Random | No
         if not 0 <= s < n:
             raise ValueError(f"sample {key}: level {s} outside 0..{n - 1}")
         level_map = sample_level_map(raw)  # every level from one decode
-        image, mask, exact = decode_jpeg(raw["jpg"]), level_map <= s, level_map == 0
+        image = decode_jpeg(raw["jpg"])
         out = {"level": s, "num_levels": n, "text": pick_caption(meta, rng, p_label), "task": INPAINTING}
     else:
         n = num_levels or default_num_levels()
         image = decode_jpeg(raw["jpg"])
-        mask, exact = np.ones(image.shape[:2], bool), np.zeros(image.shape[:2], bool)
+        level_map = np.full(image.shape[:2], n - 1, np.uint8)
         out = {"level": n - 1, "num_levels": n, "text": _text(raw["txt"]), "task": TEXT_TO_IMAGE}
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {mask.shape} differ")
+    if image.shape[:2] != level_map.shape:
+        raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {level_map.shape} differ")
     if resolution:
-        image, mask, exact = fit(image, mask, resolution, exact)
-    return {"image": image, "mask": mask, "exact": exact, "key": key, **out}
+        image, level_map = fit(image, level_map, resolution)
+    if compact:
+        return {"image": image, "level_map": level_map, "key": key, **out}
+    return {"image": image, "mask": level_map <= out["level"], "exact": level_map == 0, "key": key, **out}
 
 
 class ToTrainingSample:

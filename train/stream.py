@@ -113,21 +113,27 @@ def _raw(item: dict) -> dict:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Tensors of a batch, kept compact for the trip from DataLoader workers: images uint8 [B, 3, R, R]
-    and masks bool [B, 1, R, R]; `to_model_inputs` makes them float on the training device."""
-    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
-    return {"image": image,
-            "mask": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None],
-            "exact": torch.from_numpy(np.stack([s["exact"] for s in samples]))[:, None],
+    """Tensors of a batch, compact for the trip from DataLoader workers: images uint8 [B, 3, R, R] and
+    level maps uint8 [B, 1, R, R]; `to_model_inputs` makes the image and masks on the device."""
+    return {"image": torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2),
+            "level_map": torch.from_numpy(np.stack([s["level_map"] for s in samples]))[:, None],
             "level": torch.tensor([s["level"] for s in samples], dtype=torch.long),
             "is_inpainting": torch.tensor([s["task"] == INPAINTING for s in samples]),
             "text": [s["text"] for s in samples], "key": [s["key"] for s in samples]}
 
 
+def batch_masks(batch: dict, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask at each sample's level, exact s = 0 mask) as bool [B, 1, R, R]."""
+    level_map = batch["level_map"].to(device) if device is not None else batch["level_map"]
+    level = batch["level"].to(level_map.device).view(-1, 1, 1, 1)
+    return level_map <= level, level_map == 0
+
+
 def to_model_inputs(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image in [-1, 1], mask, exact mask) as float tensors on `device`."""
     image = batch["image"].to(device, non_blocking=True).float() / 127.5 - 1.0
-    return image, batch["mask"].to(device).float(), batch["exact"].to(device).float()
+    mask, exact = batch_masks(batch, device)
+    return image, mask.float(), exact.float()
 
 
 class BatchStream(IterableDataset):
@@ -173,7 +179,8 @@ class BatchStream(IterableDataset):
             index = rng.randrange(shard["nsamples"])
             try:
                 raw = _raw(self._reader(shard)[index])
-                samples.append(training_sample(raw, self.level, rng, self.num_levels, self.resolution, self.p_label))
+                samples.append(training_sample(raw, self.level, rng, self.num_levels, self.resolution, self.p_label,
+                                               compact=True))
             except Exception as e:  # a corrupt sample is skipped and counted, never fatal
                 skipped += 1
                 log.warning("skipping sample %d of %s: %s: %s", index, shard["url"], type(e).__name__, e)
