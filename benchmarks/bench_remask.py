@@ -122,47 +122,61 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 
 
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
-    """Milliseconds per instance of each step of remask_sample, over the source samples."""
+    """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
+    at a time (as the job holds them)."""
+    import cv2
+    import hashlib
+
     import numpy as np
 
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
-    from smartbrush.pipeline.render.remask import input_schedule, new_meta, parse_tar
-    from smartbrush.pipeline.render.samples import decode_level_map, encode_json, encode_level_map
+    from smartbrush.pipeline.render.remask import _is_ladder_of_box, input_schedule, new_meta, parse_tar
+    from smartbrush.pipeline.render.samples import decode_level_map_box_rows, encode_json, encode_level_map_rows
     from smartbrush.pipeline.storage.shards import write_tar
 
-    t = time.perf_counter()
-    samples = []
+    steps: dict[str, float] = defaultdict(float)
+    n = 0
+
+    def step(name, t):
+        steps[name] += time.perf_counter() - t
+        return time.perf_counter()
+
     for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+        t = time.perf_counter()
         with open(os.path.join(src, entry["name"]), "rb") as f:
-            samples += parse_tar(f.read(), entry["name"])
-    steps = {"read + parse tar": time.perf_counter() - t}
-    t = time.perf_counter()
-    metas = [json.loads(s["json"]) for s in samples]
-    copies = [unchanged_levels(input_schedule(m), schedule) for m in metas]
-    steps["json + schedules"] = time.perf_counter() - t
-    t = time.perf_counter()
-    maps = [decode_level_map(s["levels.png"]) for s in samples]
-    steps["decode levels.png"] = time.perf_counter() - t
-    t = time.perf_counter()
-    new_maps = []
-    for meta, m, c in zip(metas, maps, copies):  # as remask_sample does it: in the box
-        x0, y0, x1, y1 = meta["box_crop_xyxy"]
-        region = m[y0:y1, x0:x1]
-        new = np.full(m.shape, 255, np.uint8)
-        new[y0:y1, x0:x1] = render_region_map(region == 0, schedule, copy=(region, c))
-        new_maps.append((new, (y0, y1)))
-    steps["ladder (in the box)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    pngs = [encode_level_map(m, rows=rows) for m, rows in new_maps]
-    steps["encode levels.png"] = time.perf_counter() - t
-    t = time.perf_counter()
-    out = [(s["__key__"], {"jpg": s["jpg"], "json": encode_json(new_meta(m, schedule)), "levels.png": p})
-           for s, m, p in zip(samples, metas, pngs)]
-    steps["new json"] = time.perf_counter() - t
-    t = time.perf_counter()
-    write_tar(io.BytesIO(), out)
-    steps["write tar (memory)"] = time.perf_counter() - t
-    return {k: 1000 * v / len(samples) for k, v in steps.items()}
+            data = f.read()
+        t = step("read shard", t)
+        hashlib.sha256(data).hexdigest()
+        t = step("sha256 of the input", t)
+        samples = parse_tar(data, entry["name"])
+        t = step("parse tar", t)
+        out = []
+        for s in samples:
+            t = time.perf_counter()
+            meta = json.loads(s["json"])
+            copied = unchanged_levels(input_schedule(meta), schedule)
+            t = step("json + schedules", t)
+            rows, y0, (h, w) = decode_level_map_box_rows(s["levels.png"])
+            x0, _, x1, y1 = meta["box_crop_xyxy"]
+            _is_ladder_of_box(rows, meta["box_crop_xyxy"], 5)
+            t = step("decode + check levels.png", t)
+            region = rows[:, x0:x1]
+            new = np.full((y1 - y0, w), 255, np.uint8)
+            new[:, x0:x1] = render_region_map(cv2.compare(region, 0, cv2.CMP_EQ).view(bool), schedule,
+                                              copy=(region, copied))
+            t = step("ladder (in the box)", t)
+            png = encode_level_map_rows(new, y0, h)
+            t = step("encode levels.png", t)
+            out.append((s["__key__"], {"jpg": s["jpg"], "json": encode_json(new_meta(meta, schedule)), "levels.png": png}))
+            step("new json", t)
+        t = time.perf_counter()
+        buf = io.BytesIO()
+        write_tar(buf, out)
+        t = step("write tar (memory)", t)
+        hashlib.sha256(buf.getbuffer()).hexdigest()
+        step("sha256 of the output", t)
+        n += len(samples)
+    return {k: 1000 * v / n for k, v in steps.items()}
 
 
 def timed(fn, repeat: int, work: str, tag: str, *args) -> tuple[float, int]:

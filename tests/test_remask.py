@@ -160,8 +160,8 @@ def test_unchanged_levels_are_copied_not_recomputed(monkeypatch):
     old_map[odd] = 1
     sample = {**_sample(schedule=old), LEVELS: encode_level_map(old_map)}
     calls = []
-    real = ladder.blur_parameters  # called once per level that is blurred
-    monkeypatch.setattr(ladder, "blur_parameters", lambda level, side: calls.append(level) or real(level, side))
+    real = ladder._blur_plan.__wrapped__  # called once per level that is blurred (uncached here)
+    monkeypatch.setattr(ladder, "_blur_plan", lambda level, side, reduce: calls.append(level) or real(level, side, reduce))
     out = sample_masks({"__key__": "k", **remask_sample(sample, new)})
     assert calls == [new.levels[2]]  # one blur: the new level 2
     np.testing.assert_array_equal(out[1], old_map <= 1)

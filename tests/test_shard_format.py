@@ -253,3 +253,34 @@ def test_a_png_that_does_not_check_out_is_decoded_the_general_way():
     broken[offset + 8 + 25 + 8 + 16 + 4 + 8 + 5] ^= 0xFF  # inside the box rows' deflate data
     with pytest.raises(ValueError):
         decode_level_map(bytes(broken))
+
+
+def _tarfile_reference(samples) -> bytes:
+    """What tarfile writes for the same members and metadata (what the writer used to call)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|") as tar:
+        for key, sample in samples:
+            for ext in sorted(sample):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = (len(sample[ext]), 0, 0o644,
+                                                                            "smartbrush", "smartbrush")
+                tar.addfile(info, io.BytesIO(sample[ext]))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("key", ["000000397133-0000021", "k" * 95, "k" * 120])  # the last needs a pax header
+def test_tar_writer_bytes_are_tarfiles(key):
+    from smartbrush.pipeline.storage.shards import write_tar_stream
+
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, 511, 512, 513, 10_000, 30_001]
+    samples = [(f"{key}{i}", {ext: rng.integers(0, 256, size, np.uint8).tobytes()
+                              for ext, size in zip(["jpg", "json", "levels.png"], rng.choice(sizes, 3))})
+               for i in range(5)]
+    buf = io.BytesIO()
+    assert write_tar_stream(buf, samples) == 5
+    assert buf.getvalue() == _tarfile_reference(samples)
+    assert len(buf.getvalue()) % tarfile.RECORDSIZE == 0
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        assert [m.name for m in tar.getmembers()][:3] == [f"{key}0.{e}" for e in ["jpg", "json", "levels.png"]]
+        assert tar.extractfile(f"{key}4.json").read() == samples[4][1]["json"]

@@ -40,10 +40,11 @@ from smartbrush.schemas.mask_schedule import Level, MaskSchedule
 from smartbrush.schemas.shard_sample import MAX_LEVELS, OUTSIDE
 
 # The pyramid goes down k levels while sigma >= MIN_REDUCED_SIGMA * 2^(k + 1): the Gaussian left to
-# apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 2,
+# apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 1.5,
 # every level of every preset stays within IoU 0.988 of the definition on the 815 instances of
-# coco_val2017_tiny (0.998 on the embedded sample data); blurs below sigma 4 run at full resolution.
-MIN_REDUCED_SIGMA = 2.0
+# coco_val2017_tiny (0.997 on the embedded sample data), as with 2.0, and the ladder costs about 17 %
+# less; blurs below sigma 6 run at full resolution. (1.25 gives 0.9875.)
+MIN_REDUCED_SIGMA = 1.5
 
 
 def blur_parameters(level: Level, box_side: int) -> tuple[float, int]:
@@ -150,27 +151,40 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
                       copy: tuple[np.ndarray, dict[int, int]] | None = None) -> np.ndarray:
     """The level map inside the box (every value <= S) from the exact mask cut to its tight box."""
     _check_levels(schedule)
+    region = np.asarray(region, dtype=bool)
     if not region.size or not region.any():
         raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
     S = schedule.num_levels - 1
     box_side = max(region.shape)
     old_region, copied = copy if copy is not None else (None, {})
-    blurs = {k: blur_parameters(schedule.levels[k], box_side) for k in range(1, S) if k not in copied}
-    depth = max((reduction_levels(sigma) if reduce else 0 for sigma, _ in blurs.values()), default=0)
+    blurs = {k: _blur_plan(schedule.levels[k], box_side, reduce) for k in range(1, S) if k not in copied}
+    depth = max((levels_down for _, _, levels_down in blurs.values()), default=0)
     region_f = region.astype(np.float32) if blurs else None
     pyramid = _Pyramid(region_f, depth) if depth else None  # shared by every reduced blur
     rmap = np.full(region.shape, S, np.uint8)
+    # Each level is written where its mask holds, from S - 1 down, so that a pixel keeps its smallest
+    # level (the join). OpenCV's compare and masked copy do it about 4x faster than numpy's boolean
+    # indexing.
+    plane = np.empty_like(rmap)
     for k in range(S - 1, 0, -1):
         if k in copied:
-            inside = old_region <= copied[k]
+            inside = cv2.compare(old_region, copied[k], cv2.CMP_LE)
         else:
-            sigma, kernel = blurs[k]
-            levels_down = reduction_levels(sigma) if reduce else 0
+            sigma, kernel, levels_down = blurs[k]
             field = pyramid.blur(sigma, kernel, levels_down) if levels_down else _gaussian(region_f, sigma, kernel)
-            inside = field > schedule.levels[k].threshold
-        rmap[inside] = k
-    rmap[region] = 0
+            inside = cv2.compare(field, schedule.levels[k].threshold, cv2.CMP_GT)
+        plane.fill(k)
+        cv2.copyTo(plane, inside, rmap)
+    plane.fill(0)
+    cv2.copyTo(plane, region.view(np.uint8), rmap)
     return rmap
+
+
+@functools.lru_cache(maxsize=65536)
+def _blur_plan(level: Level, box_side: int, reduce: bool) -> tuple[float, int, int]:
+    """(sigma, kernel, pyramid levels down) of a blur level for a box side (cached: boxes repeat)."""
+    sigma, kernel = blur_parameters(level, box_side)
+    return sigma, kernel, reduction_levels(sigma) if reduce else 0
 
 
 def levels_from_map(level_map: np.ndarray, num_levels: int) -> list[np.ndarray]:

@@ -17,14 +17,15 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
 from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
 from smartbrush.pipeline.render.masks import mask_box
-from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map_rows, decode_mask_png, encode_json,
-                                                encode_level_map)
+from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map_box_rows, decode_level_map_rows,
+                                                decode_mask_png, encode_json, encode_level_map_rows)
 from smartbrush.pipeline.storage.shards import shard_info, write_shard
 from smartbrush.schemas import mask_schedule, shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
@@ -235,26 +236,25 @@ def _json_box(meta: dict, resolution: int) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _is_ladder_of_box(old_map: np.ndarray, rows: tuple[int, int] | None, box, num_levels: int) -> bool:
-    """Whether the map is OUTSIDE exactly outside `box`, a level < num_levels inside it, and the box
-    is the tight box of its level 0, looking only at the box rows (rows = the decoder's guarantee
-    that every other row is OUTSIDE)."""
+def _is_ladder_of_box(box_rows: np.ndarray, box, num_levels: int) -> bool:
+    """Whether the map's box rows (every other row being OUTSIDE) are OUTSIDE exactly outside `box`
+    and a level < num_levels inside it, and the box is the tight box of level 0."""
     x0, y0, x1, y1 = box
-    if rows != (y0, y1):
+    if box_rows.shape[0] != y1 - y0:
         return False
-    region = old_map[y0:y1, x0:x1]
+    region = box_rows[:, x0:x1]
     if region.max() >= num_levels:
         return False
-    if np.count_nonzero(old_map[y0:y1] == shard_sample.OUTSIDE) != (y1 - y0) * old_map.shape[1] - region.size:
+    if np.count_nonzero(box_rows == shard_sample.OUTSIDE) != box_rows.size - region.size:
         return False
     return bool((region[0] == 0).any() and (region[-1] == 0).any() and (region[:, 0] == 0).any()
                 and (region[:, -1] == 0).any())
 
 
 def _input_levels(sample: dict, meta: dict, old: MaskSchedule,
-                  needed: set[int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """(box of the exact mask, a level map in which level 0 is the exact mask and `map <= j` is the
-    input's level j for every j in `needed`)."""
+                  needed: set[int]) -> tuple[tuple[int, int, int, int], np.ndarray, tuple[int, int]]:
+    """(box of the exact mask, the box region of a level map in which level 0 is the exact mask and
+    `map <= j` is the input's level j for every j in `needed`, the map's (height, width))."""
     resolution = meta["resolution"]
     if meta["schema_version"] == 1:
         keys = meta["mask_keys"]
@@ -268,11 +268,14 @@ def _input_levels(sample: dict, meta: dict, old: MaskSchedule,
         for j in sorted(needed, reverse=True):  # smallest level last: each pixel keeps its smallest
             old_map[_decode(sample, keys[j], decode_mask_png, resolution)] = j
         old_map[exact] = 0
-        return box, old_map
-    old_map, rows = _decode(sample, shard_sample.LEVELS_EXT, decode_level_map_rows, resolution)
+        return box, _region(old_map, box), old_map.shape
     box = _json_box(meta, resolution)
-    if box is not None and _is_ladder_of_box(old_map, rows, box, old.num_levels):
-        return box, old_map  # the fast check held (the usual case); else check the whole map
+    fast = decode_level_map_box_rows(sample[shard_sample.LEVELS_EXT]) if shard_sample.LEVELS_EXT in sample else None
+    if fast is not None and box is not None and fast[2] == (resolution, resolution) and fast[1] == box[1]:
+        # Our own layout, only the box rows inflated: the usual case, checked on those rows alone.
+        if _is_ladder_of_box(fast[0], box, old.num_levels):
+            return box, fast[0][:, box[0]:box[2]], fast[2]
+    old_map, rows = _decode(sample, shard_sample.LEVELS_EXT, decode_level_map_rows, resolution)
     try:
         check_level_map(old_map, old.num_levels, shard_sample.LEVELS_EXT)
     except ValueError as e:
@@ -280,9 +283,14 @@ def _input_levels(sample: dict, meta: dict, old: MaskSchedule,
     box = mask_box(old_map == 0)
     if box[2] == box[0]:
         raise RecordError("empty_mask", f"{shard_sample.LEVELS_EXT} has no level-0 pixel")
-    if not _is_ladder_of_box(old_map, mask_rows(old_map), box, old.num_levels):
+    if mask_rows(old_map) != (box[1], box[3]) or not _is_ladder_of_box(old_map[box[1]:box[3]], box, old.num_levels):
         raise RecordError("mask_unreadable", f"{shard_sample.LEVELS_EXT}: the box level is not the box of level 0")
-    return box, old_map
+    return box, _region(old_map, box), old_map.shape
+
+
+def _region(level_map: np.ndarray, box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return level_map[y0:y1, x0:x1]
 
 
 def mask_rows(level_map: np.ndarray) -> tuple[int, int]:
@@ -302,14 +310,14 @@ def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
     meta = _meta(sample)
     old = input_schedule(meta)
     copied = unchanged_levels(old, schedule)
-    (x0, y0, x1, y1), old_map = _input_levels(sample, meta, old, set(copied.values()))
+    (x0, y0, x1, y1), old_region, (height, width) = _input_levels(sample, meta, old, set(copied.values()))
     if meta["schema_version"] == shard_sample.VERSION and old.levels == schedule.levels:
         levels_png = sample[shard_sample.LEVELS_EXT]  # the same ladder: the same bytes
     else:
-        old_region = old_map[y0:y1, x0:x1]
-        new_map = np.full(old_map.shape, shard_sample.OUTSIDE, np.uint8)
-        new_map[y0:y1, x0:x1] = render_region_map(old_region == 0, schedule, copy=(old_region, copied))
-        levels_png = encode_level_map(new_map, rows=(y0, y1))
+        exact = cv2.compare(old_region, 0, cv2.CMP_EQ).view(bool)
+        box_rows = np.full((y1 - y0, width), shard_sample.OUTSIDE, np.uint8)
+        box_rows[:, x0:x1] = render_region_map(exact, schedule, copy=(old_region, copied))
+        levels_png = encode_level_map_rows(box_rows, y0, height)
     old_masks = set(meta["mask_keys"]) if meta["schema_version"] == 1 else {shard_sample.LEVELS_EXT}
     members = {k: v for k, v in sample.items() if not k.startswith("__") and k not in old_masks}
     members[shard_sample.META_EXT] = encode_json(new_meta(meta, schedule))
