@@ -124,7 +124,6 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
     at a time (as the job holds them)."""
-    import cv2
     import hashlib
 
     import numpy as np
@@ -162,7 +161,7 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
             t = step("decode + check levels.png", t)
             region = rows[:, x0:x1]
             new = np.full((y1 - y0, w), 255, np.uint8)
-            new[:, x0:x1] = render_region_map(cv2.compare(region, 0, cv2.CMP_EQ).view(bool), schedule,
+            new[:, x0:x1] = render_region_map(region == 0, schedule,
                                               copy=(region, copied))
             t = step("ladder (in the box)", t)
             png = encode_level_map_rows(new, y0, h)

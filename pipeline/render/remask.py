@@ -17,7 +17,6 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from smartbrush.pipeline.storage import fileio
@@ -243,12 +242,12 @@ def _is_ladder_of_box(box_rows: np.ndarray, box, num_levels: int) -> bool:
     if box_rows.shape[0] != y1 - y0:
         return False
     region = box_rows[:, x0:x1]
-    if region.max() >= num_levels:
+    if region.max() >= num_levels:  # so OUTSIDE (255) appears nowhere in the box
         return False
-    if np.count_nonzero(box_rows == shard_sample.OUTSIDE) != box_rows.size - region.size:
-        return False
-    return bool((region[0] == 0).any() and (region[-1] == 0).any() and (region[:, 0] == 0).any()
-                and (region[:, -1] == 0).any())
+    for side in (box_rows[:, :x0], box_rows[:, x1:]):
+        if side.size and side.min() != shard_sample.OUTSIDE:
+            return False
+    return not (region[0].all() or region[-1].all() or region[:, 0].all() or region[:, -1].all())
 
 
 def _input_levels(sample: dict, meta: dict, old: MaskSchedule,
@@ -314,7 +313,7 @@ def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
     if meta["schema_version"] == shard_sample.VERSION and old.levels == schedule.levels:
         levels_png = sample[shard_sample.LEVELS_EXT]  # the same ladder: the same bytes
     else:
-        exact = cv2.compare(old_region, 0, cv2.CMP_EQ).view(bool)
+        exact = old_region == 0
         box_rows = np.full((y1 - y0, width), shard_sample.OUTSIDE, np.uint8)
         box_rows[:, x0:x1] = render_region_map(exact, schedule, copy=(old_region, copied))
         levels_png = encode_level_map_rows(box_rows, y0, height)
