@@ -82,26 +82,28 @@ def blur_region(region: np.ndarray, sigma: float, kernel: int, reduce: bool = Tr
 class _Pyramid:
     """pyrDown levels 1..depth of a region, zero-padded, built once for all the blurs of a ladder.
 
-    The region sits at offset 2 * 2^depth of a zero array whose sides are multiples of 2^depth: the
-    pyrDown reflected borders only ever see zeros, every level halves exactly, and the region's
-    pixel (0, 0) stays a sample of every level (at offset 2^(depth + 1 - k) of level k). Nothing
-    nonzero reaches more than one pixel past the region at any level (the 5-tap filter spreads by
-    two pixels, the subsampling halves that), so a 2-pixel ring around the region holds all of it."""
+    At every level the region's footprint starts at offset RING of a zero-padded array with RING
+    zero pixels past it on every side: pyrDown's reflected borders only ever see zeros, the region's
+    pixel (0, 0) stays a sample of every level (RING is even), and each pyrDown output is padded
+    again (by RING / 2, the offset it halved to) rather than padding the full-resolution region by
+    2^depth pixels up front. Nothing nonzero reaches more than one pixel past the footprint at any
+    level (the 5-tap filter spreads by two pixels, the subsampling halves that), so a 2-pixel ring
+    around it holds all of it."""
+
+    RING = 4
 
     def __init__(self, region: np.ndarray, depth: int):
         self.h, self.w = region.shape
-        F = 2 ** depth
-        p = 2 * F
-        field = np.zeros((-(-self.h // F) * F + 2 * p, -(-self.w // F) * F + 2 * p), np.float32)
-        field[p:p + self.h, p:p + self.w] = region
-        self.depth, self.levels = depth, [field]
+        r = self.RING
+        self.depth, self.levels = depth, [cv2.copyMakeBorder(region, r, r, r, r, cv2.BORDER_CONSTANT, value=0)]
         for _ in range(depth):
-            self.levels.append(cv2.pyrDown(self.levels[-1]))  # 5-tap binomial (variance 1), every other pixel
+            down = cv2.pyrDown(self.levels[-1])  # 5-tap binomial (variance 1), every other pixel
+            self.levels.append(cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0))
 
     def blur(self, sigma: float, kernel: int, k: int) -> np.ndarray:
         f = 2 ** k
         hs, ws = -(-self.h // f), -(-self.w // f)
-        o = 2 ** (self.depth + 1 - k)
+        o = self.RING
         field = self.levels[k][o - 2:o + hs + 2, o - 2:o + ws + 2]  # the region and its 2-pixel ring
         # The k pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
         # full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2. Its zero border
