@@ -105,7 +105,7 @@ def training_sample(raw: dict, level: int | None = None, rng: random.Random | No
         s = rng.randrange(n) if level is None else level
         if not 0 <= s < n:
             raise ValueError(f"sample {key}: level {s} outside 0..{n - 1}")
-        level_map = sample_level_map(raw)  # every level from one decode
+        level_map = sample_level_map(raw, meta)  # every level from one decode
         image = decode_jpeg(raw["jpg"])
         out = {"level": s, "num_levels": n, "text": pick_caption(meta, rng, p_label), "task": INPAINTING}
     else:

@@ -336,15 +336,18 @@ def check_level_map(level_map: np.ndarray, num_levels: int, where: str = "level 
     return level_map
 
 
-def sample_level_map(sample: dict) -> np.ndarray:
-    """The uint8 level map of a raw sample (mask_s = map <= s); v1 samples are converted."""
-    meta = sample_meta(sample)
+def sample_level_map(sample: dict, meta: dict | None = None) -> np.ndarray:
+    """The uint8 level map of a raw sample (mask_s = map <= s); v1 samples are converted. `meta` may
+    give its already parsed sample_meta."""
+    meta = sample_meta(sample) if meta is None else meta
     n = sample_num_levels(sample, meta)
     if meta["schema_version"] == 1:
         keys = _v1_mask_keys(meta, sample.get("__key__"))
         return map_from_levels([decode_mask_png(_member(sample, k)) for k in keys])
-    level_map = decode_level_map(_member(sample, shard_sample.LEVELS_EXT))
-    return check_level_map(level_map, n, f"sample {sample.get('__key__')}: {shard_sample.LEVELS_EXT}")
+    level_map, rows = decode_level_map_rows(_member(sample, shard_sample.LEVELS_EXT))
+    checked = level_map[rows[0]:rows[1]] if rows is not None else level_map  # other rows: OUTSIDE by decoding
+    check_level_map(checked, n, f"sample {sample.get('__key__')}: {shard_sample.LEVELS_EXT}")
+    return level_map
 
 
 def sample_masks(sample: dict) -> list[np.ndarray]:
