@@ -43,7 +43,7 @@ from smartbrush.schemas.shard_sample import MAX_LEVELS, OUTSIDE
 # apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 1.5,
 # every level of every preset stays within IoU 0.988 of the definition on the 815 instances of
 # coco_val2017_tiny (0.997 on the embedded sample data), as with 2.0, and the ladder costs about 17 %
-# less; blurs below sigma 6 run at full resolution. (1.25 gives 0.9875.)
+# less; blurs below sigma 3 (2 * MIN_REDUCED_SIGMA) run at full resolution. (1.25 gives 0.9875.)
 MIN_REDUCED_SIGMA = 1.5
 
 
