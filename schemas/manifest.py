@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 NAME = "smartbrush.manifest"
-VERSION = 1
+# v2: shard entries carry "crc32" beside "sha256" (a fast integrity check for readers such as remask).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FILE_NAME = "manifest.json"
 CONFIG_FILE_NAME = "config.yaml"
 
@@ -21,7 +23,7 @@ KEYS = (
     "mask_schedule",  # {"id", "hash", "levels"} or null for text-to-image sets
     "inputs",  # [{"path", "bytes", "sha256"}]
     "counts",  # {"inputs", "written", "rejected": {reason: n}, "filtered": {reason: n}}
-    "shards",  # [{"name", "samples", "bytes", "sha256"}]
+    "shards",  # [{"name", "samples", "bytes", "sha256", "crc32"}]  (crc32: 8 hex digits, since v2)
     "rejected_file",  # {"name", "rows", "sha256"}
     "lineage",  # optional: {"input_manifest_sha256": ...} for derived sets (remask)
 )
@@ -30,7 +32,6 @@ KEYS = (
 def check_header(manifest: dict, where: str) -> None:
     if manifest.get("schema") != NAME:
         raise ValueError(f"{where}: not a smartbrush manifest (schema {manifest.get('schema')!r})")
-    if manifest.get("schema_version") != VERSION:
-        raise ValueError(
-            f"{where}: manifest version {manifest.get('schema_version')}, this smartbrush reads {VERSION}"
-        )
+    if manifest.get("schema_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{where}: manifest version {manifest.get('schema_version')}, this smartbrush reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")

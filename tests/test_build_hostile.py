@@ -34,6 +34,14 @@ def test_hostile_corpus_build(tmp_path, multi):
     manifest = read_manifest(str(out))
     assert manifest["counts"] == merge(coco_expected, oi_expected)
     assert verify_shard_set(str(out)) == []
+    # every shard entry carries its CRC-32 (manifest v2), and verify checks it beside the sha256
+    assert manifest["schema_version"] == 2 and all(len(s["crc32"]) == 8 for s in manifest["shards"])
+    raw = (out / "manifest.json").read_bytes()
+    (out / "manifest.json").write_text(json.dumps({**manifest, "shards": [
+        {**manifest["shards"][0], "crc32": "00000000"}, *manifest["shards"][1:]]}))
+    assert [p for p in verify_shard_set(str(out)) if "CRC-32" in p] == [
+        f"{manifest['shards'][0]['name']}: CRC-32 {manifest['shards'][0]['crc32']}, manifest says 00000000"]
+    (out / "manifest.json").write_bytes(raw)
     rejected = read_rejected(str(out))
     assert len(rejected) == manifest["counts"]["inputs"] - manifest["counts"]["written"]
     assert all(r["detail"] or r["reason"] in ("crowd",) for r in rejected)

@@ -253,6 +253,30 @@ def test_damaged_or_missing_input_shard_rejects_all_its_samples(tmp_path):
     assert [r["reason"] for r in missing.rejected] == [SHARD_MISSING] * 4
 
 
+def test_input_shard_is_checked_by_crc32_or_by_sha256_for_a_v1_manifest(tmp_path):
+    """A v2 manifest entry is checked by size and CRC-32 (not sha256, which would cost more than
+    the masks); a v1 entry, which has no CRC-32, by its sha256. A flipped byte fails either way."""
+    import zlib
+
+    src = tmp_path / "in"
+    entry = _shard_entry(src, "inpainting-000000.tar", [_sample(f"k{i}") for i in range(3)])
+    path = src / "inpainting-000000.tar"
+    data = path.read_bytes()
+    assert entry["crc32"] == f"{zlib.crc32(data):08x}" and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # inside a sample's bytes
+    for i, e in enumerate([entry, {k: v for k, v in entry.items() if k != "crc32"}]):
+        path.write_bytes(bytes(flipped))
+        bad = remask_shard(str(src), str(tmp_path / f"bad{i}"), e, FINE)
+        assert bad.info is None and {r["reason"] for r in bad.rejected} == {SHARD_CORRUPT}
+        assert ("CRC-32" if "crc32" in e else "sha256") in bad.rejected[0]["detail"]
+        path.write_bytes(data)
+        good = remask_shard(str(src), str(tmp_path / f"good{i}"), e, FINE)
+        assert good.info["samples"] == 3 and not good.rejected
+    # a wrong CRC-32 on intact bytes is caught by the check, not ignored for the sha256
+    assert remask_shard(str(src), str(tmp_path / "wrong"), {**entry, "crc32": "00000000"}, FINE).info is None
+
+
 # ---- the Beam job, end to end ------------------------------------------------------------------
 
 def _polygon(x, y, w, h):
@@ -473,7 +497,7 @@ def test_missing_manifest_or_unknown_version_fails_before_the_pipeline(tmp_path)
         run(["--shards", str(src), "--schedule", "exact-box", "--out", str(tmp_path / "o1"), *BEAM])
     (src / "manifest.json").write_text(json.dumps({"schema": "smartbrush.manifest", "schema_version": 99,
                                                    "kind": "inpainting"}))
-    with pytest.raises(SystemExit, match="manifest version 99, this smartbrush reads 1"):
+    with pytest.raises(SystemExit, match="manifest version 99, this smartbrush reads 1, 2"):
         run(["--shards", str(src), "--schedule", "exact-box", "--out", str(tmp_path / "o2"), *BEAM])
     (src / "manifest.json").write_text(json.dumps({"schema": "smartbrush.manifest", "schema_version": 1,
                                                    "kind": "text_to_image"}))

@@ -84,7 +84,7 @@ class FinalizeCaptionTable(beam.DoFn):
             n_inputs = read_manifest(self.upstream_dir)["counts"]["inputs"]
             rejected += read_rejected(self.upstream_dir)
         written = sum(n for n, _ in row_counts)
-        nbytes, sha = fileio.atomic_write_bytes(fileio.join(self.out_dir, DROPPED_FILE), rejected_table_bytes(dropped))
+        nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(self.out_dir, DROPPED_FILE), rejected_table_bytes(dropped))
         by_reason: dict[str, int] = {}
         for d in dropped:
             by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1

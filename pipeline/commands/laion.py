@@ -157,7 +157,7 @@ def fold_one_shard(out_dir: str, list_path: str, shard_id: int, per_shard: int, 
     stem = shard_stem(shard_id)
     rows = _read_parquet(fileio.join(out_dir, f"{stem}.parquet"),
                          ["key", "status", "error_message", "url", SOURCE_FILE, SOURCE_ROW]).to_pylist()
-    nbytes, sha, keys = scan_tar(fileio.join(out_dir, f"{stem}.tar"))
+    digest, keys = scan_tar(fileio.join(out_dir, f"{stem}.tar"))
     try:
         written, rejected = fold_shard(rows, keys)
     except ValueError as e:
@@ -167,7 +167,7 @@ def fold_one_shard(out_dir: str, list_path: str, shard_id: int, per_shard: int, 
         part = _read_parquet(list_path, [SOURCE_FILE, SOURCE_ROW]).slice(shard_id * per_shard, per_shard)
         rejected += unrecorded_rows([(r[SOURCE_FILE], r[SOURCE_ROW]) for r in part.to_pylist()], rows)
     stats = json.loads(fileio.read_bytes(fileio.join(out_dir, f"{stem}_stats.json")))
-    return shard_info(f"{stem}.tar", written, nbytes, sha), rejected, stats
+    return shard_info(f"{stem}.tar", written, digest), rejected, stats
 
 
 def fold_outputs(out_dir: str, list_path: str, n_rows: int, per_shard: int) -> tuple[list[dict], int, list[dict]]:

@@ -35,10 +35,13 @@ def verify_shard_set(out_dir: str, progress: bool = False) -> list[str]:
         if not fileio.exists(path):
             problems.append(f"{s['name']}: missing")
             continue
-        nbytes, sha = fileio.sha256_file(path)
-        if (nbytes, sha) != (s["bytes"], s["sha256"]):
-            problems.append(f"{s['name']}: {nbytes} bytes sha256 {sha[:12]}..., manifest says "
+        digest = fileio.digest_file(path)
+        if (digest.bytes, digest.sha256) != (s["bytes"], s["sha256"]):
+            problems.append(f"{s['name']}: {digest.bytes} bytes sha256 {digest.sha256[:12]}..., manifest says "
                             f"{s['bytes']} bytes {s['sha256'][:12]}...")
+            continue
+        if "crc32" in s and digest.crc32 != s["crc32"]:
+            problems.append(f"{s['name']}: CRC-32 {digest.crc32}, manifest says {s['crc32']}")
             continue
         try:
             n = count_samples(path)

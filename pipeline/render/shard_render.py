@@ -118,12 +118,12 @@ class ShardRenderer:
         outcome = ShardOutcome(None, [], written_now=True)
         table_rows: list[dict] = []
         path = fileio.join(self.out_dir, name)
-        nbytes, sha = fileio.atomic_write(
+        file_digest = fileio.atomic_write(
             path, lambda stream: setattr(outcome, "info", write_tar_stream(
                 stream, self._samples(row_lists, outcome, table_rows))))
         written = outcome.info
         if written:
-            outcome.info = shard_info(name, written, nbytes, sha)
+            outcome.info = shard_info(name, written, file_digest)
         else:
             outcome.info = None
             FileSystems.delete([path])

@@ -8,10 +8,11 @@ import hashlib
 import os
 import time
 import uuid
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from isal import isal_zlib
 
 
 def join(*parts: str) -> str:
@@ -114,6 +115,44 @@ def makedirs(path: str) -> None:
     # Object stores have no directories.
 
 
+class Digest(NamedTuple):
+    """A file's size, sha256 (identity and provenance) and CRC-32 (a fast integrity check: at about
+    50 GB/s through ISA-L it costs a reader almost nothing, where sha256 runs at about 1.8 GB/s),
+    both as lower-case hex."""
+
+    bytes: int
+    sha256: str
+    crc32: str
+
+
+def crc32_hex(data, start: int = 0) -> str:
+    return f"{isal_zlib.crc32(data, start):08x}"
+
+
+class Hasher:
+    """Counts, sha256 and CRC-32 of bytes fed in pieces."""
+
+    def __init__(self):
+        self.sha256, self.crc, self.bytes = hashlib.sha256(), 0, 0
+
+    def update(self, data) -> None:
+        self.sha256.update(data)
+        self.crc = isal_zlib.crc32(data, self.crc)
+        self.bytes += len(data)
+
+    def digest(self) -> Digest:
+        return Digest(self.bytes, self.sha256.hexdigest(), f"{self.crc:08x}")
+
+
+def digest_file(path: str, chunk: int = 1 << 22) -> Digest:
+    """Digest of a file, streamed."""
+    h = Hasher()
+    with open_read(path) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.digest()
+
+
 def sha256_file(path: str, chunk: int = 1 << 22) -> tuple[int, str]:
     """(bytes, sha256 hex) of a file, streamed."""
     h, n = hashlib.sha256(), 0
@@ -128,11 +167,10 @@ class HashingWriter:
     """A write-only stream that counts and hashes what passes through it."""
 
     def __init__(self, raw):
-        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+        self.raw, self.hasher = raw, Hasher()
 
     def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
+        self.hasher.update(data)
         return self.raw.write(data)
 
     def flush(self):
@@ -144,10 +182,10 @@ def temp_path(final: str) -> str:
     return f"{directory}/.tmp-{uuid.uuid4().hex[:12]}-{name}"
 
 
-def atomic_write(final: str, write_fn) -> tuple[int, str]:
+def atomic_write(final: str, write_fn) -> Digest:
     """Run write_fn(stream) into a temporary file, then rename it to `final`.
 
-    Returns (bytes, sha256). A crash leaves only a `.tmp-*` file, never a partial `final`.
+    Returns the written file's Digest. A crash leaves only a `.tmp-*` file, never a partial `final`.
     """
     tmp = temp_path(final)
     try:
@@ -162,8 +200,8 @@ def atomic_write(final: str, write_fn) -> tuple[int, str]:
         if FileSystems.exists(tmp):
             FileSystems.delete([tmp])
         raise
-    return stream.bytes, stream.sha256.hexdigest()
+    return stream.hasher.digest()
 
 
-def atomic_write_bytes(final: str, data: bytes) -> tuple[int, str]:
+def atomic_write_bytes(final: str, data: bytes) -> Digest:
     return atomic_write(final, lambda s: s.write(data))

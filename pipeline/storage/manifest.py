@@ -73,7 +73,7 @@ def write_rejected_and_manifest(out_dir: str, rejected_rows: list[dict], build_m
 
     `build_manifest(rejected_file_info)` returns the manifest dict."""
     data = rejected_table_bytes(rejected_rows)
-    nbytes, sha = fileio.atomic_write_bytes(fileio.join(out_dir, rejected_schema.FILE_NAME), data)
+    nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(out_dir, rejected_schema.FILE_NAME), data)
     manifest = build_manifest({"name": rejected_schema.FILE_NAME, "rows": len(rejected_rows), "bytes": nbytes,
                                "sha256": sha})
     fileio.atomic_write_bytes(fileio.join(out_dir, manifest_schema.FILE_NAME), manifest_bytes(manifest))

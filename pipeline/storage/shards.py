@@ -77,8 +77,9 @@ def _ustar_header(name: str, size: int) -> bytes:
     return raw.ljust(100, b"\0") + _MODE_IDS + size_field + _MTIME + b"%06o\0 " % checksum + _HEADER_TAIL
 
 
-def shard_info(name: str, samples: int, nbytes: int, sha256: str) -> dict:
-    return {"name": name, "samples": samples, "bytes": nbytes, "sha256": sha256}
+def shard_info(name: str, samples: int, digest: fileio.Digest) -> dict:
+    """A manifest shard entry (schemas/manifest.py)."""
+    return {"name": name, "samples": samples, "bytes": digest.bytes, "sha256": digest.sha256, "crc32": digest.crc32}
 
 
 def member_keys(fileobj, *, tolerant: bool = False) -> list[str]:
@@ -101,23 +102,22 @@ def member_keys(fileobj, *, tolerant: bool = False) -> list[str]:
 
 class _HashingReader:
     def __init__(self, raw):
-        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+        self.raw, self.hasher = raw, fileio.Hasher()
 
     def read(self, n=-1):
         data = self.raw.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
+        self.hasher.update(data)
         return data
 
 
-def scan_tar(path: str) -> tuple[int, str, set[str]]:
-    """(bytes, sha256, sample keys) of a tar in one read."""
+def scan_tar(path: str) -> tuple[fileio.Digest, set[str]]:
+    """(digest, sample keys) of a tar in one read."""
     with fileio.open_read(path) as raw:
         stream = _HashingReader(raw)
         keys = set(member_keys(stream))
         while stream.read(1 << 22):  # the end-of-archive padding tarfile leaves unread
             pass
-    return stream.bytes, stream.sha256.hexdigest(), keys
+    return stream.hasher.digest(), keys
 
 
 def count_samples(path: str) -> int:
@@ -126,8 +126,7 @@ def count_samples(path: str) -> int:
 
 
 def existing_shard_info(path: str, name: str) -> dict:
-    nbytes, sha = fileio.sha256_file(path)
-    return shard_info(name, count_samples(path), nbytes, sha)
+    return shard_info(name, count_samples(path), fileio.digest_file(path))
 
 
 def write_shard(out_dir: str, name: str, samples: list[tuple[str, dict]]) -> tuple[dict, bool]:
@@ -137,8 +136,8 @@ def write_shard(out_dir: str, name: str, samples: list[tuple[str, dict]]) -> tup
     path = fileio.join(out_dir, name)
     if fileio.exists(path):
         return existing_shard_info(path, name), False
-    nbytes, sha = fileio.atomic_write(path, lambda stream: write_tar(stream, samples))
-    return shard_info(name, len(samples), nbytes, sha), True
+    digest = fileio.atomic_write(path, lambda stream: write_tar(stream, samples))
+    return shard_info(name, len(samples), digest), True
 
 
 def read_shard(path: str) -> list[dict]:
