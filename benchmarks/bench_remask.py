@@ -124,12 +124,11 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
     at a time (as the job holds them)."""
-    import hashlib
-
     import numpy as np
 
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
-    from smartbrush.pipeline.render.remask import _is_ladder_of_box, input_schedule, new_meta, parse_tar
+    from smartbrush.pipeline.render.remask import _integrity_problem, _is_ladder_of_box, input_schedule, new_meta, parse_tar
+    from smartbrush.pipeline.storage import fileio
     from smartbrush.pipeline.render.samples import decode_level_map_box_rows, encode_json, encode_level_map_rows
     from smartbrush.pipeline.storage.shards import write_tar
 
@@ -145,8 +144,9 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         with open(os.path.join(src, entry["name"]), "rb") as f:
             data = f.read()
         t = step("read shard", t)
-        hashlib.sha256(data).hexdigest()
-        t = step("sha256 of the input", t)
+        problem = _integrity_problem(data, entry)  # size + CRC-32 (sha256 for a v1 manifest)
+        assert problem is None, problem
+        t = step("check the input (CRC-32)", t)
         samples = parse_tar(data, entry["name"])
         t = step("parse tar", t)
         out = []
@@ -172,8 +172,10 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         buf = io.BytesIO()
         write_tar(buf, out)
         t = step("write tar (memory)", t)
-        hashlib.sha256(buf.getbuffer()).hexdigest()
-        step("sha256 of the output", t)
+        h = fileio.Hasher()
+        h.update(buf.getbuffer())
+        h.digest()
+        step("sha256 + CRC-32 of the output", t)
         n += len(samples)
     return {k: 1000 * v / n for k, v in steps.items()}
 

@@ -67,7 +67,15 @@ def reduction_levels(sigma: float) -> int:
 
 
 def _gaussian(field: np.ndarray, sigma: float, kernel: int) -> np.ndarray:
-    return cv2.GaussianBlur(field, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+    """cv2.GaussianBlur(field, (kernel, kernel), sigma, sigma, BORDER_CONSTANT), bit for bit, with the
+    kernel made once per (size, sigma) instead of per call."""
+    k = _gaussian_kernel(kernel, sigma)
+    return cv2.sepFilter2D(field, cv2.CV_32F, k, k, borderType=cv2.BORDER_CONSTANT)
+
+
+@functools.lru_cache(maxsize=4096)
+def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    return cv2.getGaussianKernel(size, sigma, cv2.CV_32F)
 
 
 def blur_region(region: np.ndarray, sigma: float, kernel: int, reduce: bool = True) -> np.ndarray:

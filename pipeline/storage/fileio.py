@@ -163,14 +163,17 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-class HashingWriter:
-    """A write-only stream that counts and hashes what passes through it."""
+class HashingWriter(Hasher):
+    """A write-only stream that counts and hashes what passes through it (digest())."""
 
     def __init__(self, raw):
-        self.raw, self.hasher = raw, Hasher()
+        super().__init__()
+        self.raw = raw
 
     def write(self, data) -> int:
-        self.hasher.update(data)
+        self.sha256.update(data)  # Hasher.update inlined: shard writers call this for every member part
+        self.crc = isal_zlib.crc32(data, self.crc)
+        self.bytes += len(data)
         return self.raw.write(data)
 
     def flush(self):
@@ -200,7 +203,7 @@ def atomic_write(final: str, write_fn) -> Digest:
         if FileSystems.exists(tmp):
             FileSystems.delete([tmp])
         raise
-    return stream.hasher.digest()
+    return stream.digest()
 
 
 def atomic_write_bytes(final: str, data: bytes) -> Digest:
