@@ -21,6 +21,7 @@ from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
 from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.pipeline.storage.manifest import finalize_set
 from smartbrush.pipeline.storage.shards import write_shard
+from tests.tiny_extractors import tiny_fid_torchscript
 from tests.test_sampling import (tiny_components, tiny_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae,
                                  write_run_folder)
 
@@ -66,21 +67,6 @@ def lineage_for(shard_sets: list[str]) -> dict:
         {"path": p, "kind": "inpainting",
          "manifest_sha256": hashlib.sha256(open(os.path.join(p, "manifest.json"), "rb").read()).hexdigest()}
         for p in shard_sets]}
-
-
-def tiny_fid_torchscript(path: str) -> str:
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5, stride=4), torch.nn.ReLU(),
-                                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-
-        def forward(self, x):
-            return self.net(x.float() / 255.0)
-
-    torch.jit.trace(Tiny().eval(), torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).save(path)
-    return path
 
 
 def tiny_clip_folder(folder: str) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from smartbrush.eval.frechet import FeatureStats, fid_from_stats, frechet_distance
 from smartbrush.eval.measures import box_crop, iou, psnr, region_mse
+from tests.tiny_extractors import TinyFeatureNet
 
 
 def _spd(d: int, seed: int) -> torch.Tensor:
@@ -58,20 +59,10 @@ def test_feature_stats_fid_of_gaussian_samples_matches_the_closed_form():
 def test_fid_of_a_set_against_itself_is_zero_and_agrees_with_torchmetrics():
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5, stride=4), torch.nn.ReLU(),
-                                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-
-        def forward(self, x):
-            return self.net(x.float() / 255.0)
-
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8))
     fake = torch.from_numpy(np.clip(rng.normal(100, 30, (24, 3, 32, 32)), 0, 255).astype(np.uint8))
-    net = Tiny().eval()
+    net = TinyFeatureNet().eval()
     with torch.no_grad():
         fr, ff = net(real), net(fake)
     a, b = FeatureStats(), FeatureStats()
