@@ -24,7 +24,7 @@ from smartbrush.pipeline.errors import RecordError, rejection
 from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
 from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map_box_rows, decode_level_map_rows,
-                                                decode_mask_png, encode_json, encode_level_map_rows)
+                                                decode_mask_png, encode_json, encode_level_map_box)
 from smartbrush.pipeline.storage.shards import shard_info, write_shard
 from smartbrush.schemas import mask_schedule, shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
@@ -313,10 +313,8 @@ def remask_sample(sample: dict, schedule: MaskSchedule) -> dict[str, bytes]:
     if meta["schema_version"] == shard_sample.VERSION and old.levels == schedule.levels:
         levels_png = sample[shard_sample.LEVELS_EXT]  # the same ladder: the same bytes
     else:
-        exact = old_region == 0
-        box_rows = np.full((y1 - y0, width), shard_sample.OUTSIDE, np.uint8)
-        box_rows[:, x0:x1] = render_region_map(exact, schedule, copy=(old_region, copied))
-        levels_png = encode_level_map_rows(box_rows, y0, height)
+        region_map = render_region_map(old_region == 0, schedule, copy=(old_region, copied))
+        levels_png = encode_level_map_box(region_map, (x0, y0, x1, y1), height, width)
     old_masks = set(meta["mask_keys"]) if meta["schema_version"] == 1 else {shard_sample.LEVELS_EXT}
     members = {k: v for k, v in sample.items() if not k.startswith("__") and k not in old_masks}
     members[shard_sample.META_EXT] = encode_json(new_meta(meta, schedule))

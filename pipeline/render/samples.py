@@ -16,7 +16,7 @@ from PIL import Image
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.render.crop import check_size_at_resolution, crop_image, crop_mask, crop_window
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.render.ladder import levels_from_map, map_from_levels, render_level_map
+from smartbrush.pipeline.render.ladder import levels_from_map, map_from_levels, render_region_map
 from smartbrush.pipeline.render.masks import mask_box, rle_to_mask
 from smartbrush.schemas import shard_sample
 from smartbrush.schemas.mask_schedule import MaskSchedule
@@ -40,8 +40,12 @@ def decode_mask_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("L")) > 0
 
 
+def _chunk_crc(kind: bytes, body) -> int:
+    return isal_zlib.crc32(body, isal_zlib.crc32(kind))  # zlib.crc32(kind + body), without the copy
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", _chunk_crc(kind, data))
 
 
 # The level-map PNG is written so that its cost follows the box, not the image: the rows above and
@@ -103,6 +107,15 @@ def _box_rows_raw(rows: np.ndarray) -> np.ndarray:
     return raw
 
 
+def _region_rows_raw(region_map: np.ndarray, x0: int, width: int) -> np.ndarray:
+    """_box_rows_raw of rows that are OUTSIDE but for `region_map` at columns x0 onwards."""
+    h, w = region_map.shape
+    raw = np.full((h, width + 1), shard_sample.OUTSIDE, np.uint8)
+    raw[:, 0] = 0
+    raw[:, 1 + x0:1 + x0 + w] = region_map
+    return raw
+
+
 def encode_level_map(level_map: np.ndarray, rows: tuple[int, int] | None = None) -> bytes:
     """The v2 `levels.png`: an 8-bit grayscale PNG of a uint8 level map, written directly (no imaging
     library; any PNG reader decodes it; the same map always gives the same bytes). `rows` = (y0, y1)
@@ -120,11 +133,23 @@ def encode_level_map(level_map: np.ndarray, rows: tuple[int, int] | None = None)
 def encode_level_map_rows(box_rows: np.ndarray, y0: int, height: int) -> bytes:
     """encode_level_map of the map `height` rows high whose rows y0 : y0 + len(box_rows) are
     `box_rows` (uint8, the map's width) and every other row is OUTSIDE, without making that map."""
-    w = box_rows.shape[1]
-    h, y1 = height, y0 + box_rows.shape[0]
+    return _encode_raw_rows(_box_rows_raw(box_rows) if len(box_rows) else None, y0, height, box_rows.shape[1])
+
+
+def encode_level_map_box(region_map: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> bytes:
+    """encode_level_map of the height x width map that is `region_map` inside `box` (x0, y0, x1, y1)
+    and OUTSIDE everywhere else, without making that map (the box rows are filtered directly)."""
+    x0, y0, x1, y1 = box
+    if region_map.shape != (y1 - y0, x1 - x0) or not 0 <= x0 < x1 <= width or not 0 <= y0 < y1 <= height:
+        raise ValueError(f"a {region_map.shape} region map does not fill box {box} of a {height}x{width} map")
+    return _encode_raw_rows(_region_rows_raw(region_map, x0, width), y0, height, width)
+
+
+def _encode_raw_rows(raw: np.ndarray | None, y0: int, h: int, w: int) -> bytes:
+    """The PNG of a map whose rows y0 : y0 + len(raw) are `raw` (filtered rows, w + 1 bytes each)."""
+    y1 = y0 + (len(raw) if raw is not None else 0)
     top, top_adler, top_len = _constant_rows(y0, w, last=y1 == y0 == h)
-    if y1 > y0:
-        raw = _box_rows_raw(box_rows)
+    if raw is not None:
         box, box_adler, box_len = _deflate_box(raw.data, last=y1 == h), isal_zlib.adler32(raw.data), raw.nbytes
     else:
         box, box_adler, box_len = b"", 1, 0
@@ -142,7 +167,7 @@ def _chunks(data: bytes):
         (length,) = struct.unpack_from(">I", data, pos)
         kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
         crc = data[pos + 8 + length:pos + 12 + length]
-        if len(body) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
+        if len(body) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != _chunk_crc(kind, body):
             return
         yield kind, body
         pos += 12 + length
@@ -180,10 +205,9 @@ def decode_level_map_box_rows(data: bytes) -> tuple[np.ndarray, int, tuple[int, 
             return None
         if len(raw) != (y1 - y0) * (w + 1) or z.unused_data or z.eof != (y1 == h):
             return None
-        filtered = np.frombuffer(raw, np.uint8).reshape(y1 - y0, w + 1)
-        if filtered[:, 0].any():  # every filter byte None
+        if raw[::w + 1].strip(b"\0"):  # every row's filter byte must be None (0)
             return None
-        rows = filtered[:, 1:]
+        rows = np.frombuffer(raw, np.uint8).reshape(y1 - y0, w + 1)[:, 1:]
         box_adler, raw_len = isal_zlib.adler32(raw), len(raw)
     adler = _adler32_combine(_adler32_combine(top_adler, box_adler, raw_len), bottom_adler, bottom_len)
     if struct.pack(">I", adler) != idat[-4:]:
@@ -260,7 +284,8 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
     box_crop = mask_box(exact)
     if box_crop[2] == box_crop[0]:
         raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
-    level_map = render_level_map(exact, schedule, box=box_crop)
+    x0, y0, x1, y1 = box_crop
+    region_map = render_region_map(exact[y0:y1, x0:x1], schedule)
     meta = {
         "schema": shard_sample.NAME,
         "schema_version": shard_sample.VERSION,
@@ -285,7 +310,7 @@ def render_sample(image: np.ndarray, row: dict, schedule: MaskSchedule, render: 
         "mask_schedule": schedule.to_json(),
     }
     sample = {shard_sample.IMAGE_EXT: encode_jpeg(crop, render.jpeg_quality), shard_sample.META_EXT: encode_json(meta)}
-    sample[shard_sample.LEVELS_EXT] = encode_level_map(level_map, rows=(box_crop[1], box_crop[3]))
+    sample[shard_sample.LEVELS_EXT] = encode_level_map_box(region_map, box_crop, R, R)
     return sample
 
 

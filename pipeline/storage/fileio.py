@@ -164,20 +164,44 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> tuple[int, str]:
 
 
 class HashingWriter(Hasher):
-    """A write-only stream that counts and hashes what passes through it (digest())."""
+    """A write-only stream that counts and hashes what passes through it (digest() once flushed).
+
+    Shard writers write every tar member as three small pieces (header, data, padding); the pieces
+    are gathered into blocks of about BLOCK bytes so that hashing and the write below cost one call
+    per block instead of per piece (about 20 us per sample at R = 512). Memory: one block."""
+
+    BLOCK = 1 << 20
 
     def __init__(self, raw):
         super().__init__()
-        self.raw = raw
+        self.raw, self._parts, self._pending = raw, [], 0
 
     def write(self, data) -> int:
-        self.sha256.update(data)  # Hasher.update inlined: shard writers call this for every member part
-        self.crc = isal_zlib.crc32(data, self.crc)
-        self.bytes += len(data)
-        return self.raw.write(data)
+        n = len(data)
+        if self._pending + n >= self.BLOCK:
+            self.flush()
+            if n >= self.BLOCK:
+                self._emit(data)
+                return n
+        # A caller may reuse a mutable buffer after write() returns: keep an immutable copy.
+        self._parts.append(data if isinstance(data, bytes) else bytes(data))
+        self._pending += n
+        return n
 
-    def flush(self):
-        pass
+    def _emit(self, data) -> None:
+        self.update(data)
+        self.raw.write(data)
+
+    def flush(self) -> None:
+        if self._parts:
+            block = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self._parts, self._pending = [], 0
+            self._emit(block)
+
+    def digest(self) -> Digest:
+        if self._parts:
+            raise RuntimeError("HashingWriter.digest() before flush(): buffered bytes are not written yet")
+        return super().digest()
 
 
 def temp_path(final: str) -> str:
@@ -196,6 +220,7 @@ def atomic_write(final: str, write_fn) -> Digest:
                                 compression_type=CompressionTypes.UNCOMPRESSED) as raw:
             stream = HashingWriter(raw)
             write_fn(stream)
+            stream.flush()
         if FileSystems.exists(final):
             FileSystems.delete([final])
         FileSystems.rename([tmp], [final])
