@@ -69,6 +69,32 @@ def test_finalize_refuses_counts_that_do_not_reconcile(tmp_path):
     assert m["counts"] == {"inputs": 4, "written": 3, "rejected": {"image_missing": 1}, "filtered": {}}
 
 
+def test_a_derived_stage_checks_its_own_counts_and_carries_the_upstream_ones(tmp_path):
+    """A stage reading an earlier shard set (remask): its own counts must reconcile (inputs = the
+    samples it read) and go to the lineage; the manifest's counts reconcile back to the upstream
+    set's inputs, with the upstream rejections copied."""
+    from smartbrush.pipeline.transforms.finalize import FinalizeShardSet
+
+    up, out = tmp_path / "up", tmp_path / "out"
+    up.mkdir(), out.mkdir()
+    upstream_row = {"record_id": "u", "source": "coco", "stage": "ingest", "kind": "filtered", "reason": "crowd",
+                    "detail": "", "input": ""}
+    finalize_set(str(up), "inpainting", {}, None, [], 5, [{"name": "s-000000.tar", "samples": 4, "bytes": 1,
+                                                             "sha256": "0"}], [upstream_row])
+    row = {**upstream_row, "record_id": "k", "stage": "remask", "kind": "rejected", "reason": "mask_unreadable"}
+    shards = [{"name": "s-000000.tar", "samples": 3, "bytes": 1, "sha256": "0"}]
+    fn = FinalizeShardSet(str(out), "inpainting", {}, None, [], upstream_dir=str(up), lineage={"x": 1},
+                          stage_counts="remask_counts")
+    with pytest.raises(ReconciliationError, match="this stage's counts do not reconcile"):
+        list(fn.process(None, shards, [row], [("s-000000.tar", 5)]))  # 5 read, 3 written + 1 rejected
+    assert not (out / "manifest.json").exists()
+    (m,) = fn.process(None, shards, [row], [("s-000000.tar", 4)])
+    assert m["lineage"] == {"x": 1, "remask_counts": {"inputs": 4, "written": 3,
+                                                      "rejected": {"mask_unreadable": 1}, "filtered": {}}}
+    assert m["counts"] == {"inputs": 5, "written": 3, "rejected": {"mask_unreadable": 1}, "filtered": {"crowd": 1}}
+    assert sorted(r["record_id"] for r in read_rejected(str(out))) == ["k", "u"]
+
+
 # --- end to end on the embedded COCO sample ------------------------------------------------------------
 
 

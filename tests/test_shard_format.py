@@ -284,3 +284,60 @@ def test_tar_writer_bytes_are_tarfiles(key):
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
         assert [m.name for m in tar.getmembers()][:3] == [f"{key}0.{e}" for e in ["jpg", "json", "levels.png"]]
         assert tar.extractfile(f"{key}4.json").read() == samples[4][1]["json"]
+
+
+@pytest.mark.parametrize("width", [512, 97, 1])
+def test_constant_row_segments_are_zlibs_one_shot_deflate(width):
+    """The checkpointed segments give exactly the bytes of deflating the n rows in one call, for
+    every n across several checkpoints, as the final block and as a sync-flushed one."""
+    import zlib
+
+    from smartbrush.pipeline.render.samples import _ConstantRows, _constant_rows, _deflate
+
+    rows = _ConstantRows(width)
+    for n in [*range(1, 2 * _ConstantRows.CHECKPOINT + 2), 200, 511, 512, 513, 100, 3]:  # not in order
+        raw = np.full((n, width + 1), shard_sample.OUTSIDE, np.uint8)
+        raw[:, 0] = 0
+        for last in (True, False):
+            assert rows.segment(n, last) == _deflate(raw.data, last), (n, last)
+            assert _constant_rows(n, width, last) == (_deflate(raw.data, last), zlib.adler32(raw.data), raw.size)
+
+
+def test_encoding_from_the_box_region_is_encode_level_map():
+    from smartbrush.pipeline.render.samples import encode_level_map_box
+
+    for level_map in _maps_of_every_layout():
+        used = level_map != shard_sample.OUTSIDE
+        if not used.any():
+            continue
+        x0, y0, x1, y1 = mask_box(used)
+        data = encode_level_map_box(np.ascontiguousarray(level_map[y0:y1, x0:x1]), (x0, y0, x1, y1),
+                                    *level_map.shape)
+        assert data == encode_level_map(level_map)
+    with pytest.raises(ValueError, match="does not fill box"):
+        encode_level_map_box(np.zeros((3, 3), np.uint8), (0, 0, 4, 3), 8, 8)
+
+
+def test_hashing_writer_blocks_give_the_same_bytes_and_digest(tmp_path):
+    import hashlib
+    import zlib
+
+    from smartbrush.pipeline.storage import fileio
+
+    rng = np.random.default_rng(1)
+    pieces = [rng.integers(0, 256, int(n), np.uint8).tobytes() for n in rng.choice([0, 1, 512, 70_000], 60)]
+    pieces.insert(30, bytes(3 * fileio.HashingWriter.BLOCK))  # larger than a block: written at once
+    reused = bytearray(b"abc")
+    final = str(tmp_path / "out.bin")
+
+    def write(stream):
+        for p in pieces:
+            stream.write(p)
+        stream.write(reused)
+        reused[:] = b"xyz"  # the writer kept its own copy
+        stream.write(memoryview(b"tail"))
+
+    digest = fileio.atomic_write(final, write)
+    expected = b"".join(pieces) + b"abc" + b"tail"
+    assert open(final, "rb").read() == expected
+    assert digest == fileio.Digest(len(expected), hashlib.sha256(expected).hexdigest(), f"{zlib.crc32(expected):08x}")

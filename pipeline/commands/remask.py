@@ -24,8 +24,8 @@ from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
 from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage.identity import make_identity
-from smartbrush.pipeline.storage.manifest import ReconciliationError, counts, finalize_set, read_rejected, reconciles
 from smartbrush.pipeline.render.remask import remask_shard
+from smartbrush.pipeline.transforms.finalize import finalize
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas.mask_schedule import MaskSchedule
 
@@ -106,36 +106,9 @@ class RemaskShardDoFn(beam.DoFn):
         self.failed.inc(len(result.rejected))
         for row in result.rejected:
             yield pvalue.TaggedOutput(REJECTED, row)
-        yield pvalue.TaggedOutput(INPUTS, result.inputs)
+        yield pvalue.TaggedOutput(INPUTS, (name, result.inputs))
         if result.info is not None:
             yield result.info
-
-
-class FinalizeRemask(beam.DoFn):
-    """Writes rejected.parquet and manifest.json once every shard is done (side inputs).
-
-    Counts carry the input set's forward: its inputs, its rejected and filtered rows (copied into
-    rejected.parquet) plus this stage's rejections, so the new manifest reconciles back to the
-    original records. lineage.remask_counts holds this stage alone (inputs = input samples)."""
-
-    def __init__(self, in_dir: str, out_dir: str, input_manifest: dict, config: dict, schedule: dict,
-                 input_files: list[dict], lineage: dict):
-        self.in_dir, self.out_dir, self.input_manifest = in_dir, out_dir, input_manifest
-        self.config, self.schedule, self.input_files, self.lineage = config, schedule, input_files, lineage
-
-    def process(self, _, shards, rejected, inputs):
-        shards, rejected = list(shards), list(rejected)
-        written = sum(s["samples"] for s in shards)
-        stage = counts(sum(inputs), written, rejected)
-        upstream_rejected = read_rejected(self.in_dir)
-        if not reconciles(stage):
-            raise ReconciliationError(f"remask counts do not reconcile: this stage {stage}; is "
-                                      f"{self.in_dir}/{manifest_schema.FILE_NAME} consistent with its shards?")
-        lineage = {**self.lineage, "remask_counts": stage}
-        # Counts carried forward to the original records; finalize_set checks they reconcile too.
-        yield finalize_set(self.out_dir, manifest_schema.KIND_INPAINTING, self.config, self.schedule,
-                           self.input_files, self.input_manifest["counts"]["inputs"], shards,
-                           upstream_rejected + rejected, lineage)
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -167,14 +140,14 @@ def run(argv: list[str] | None = None) -> PipelineResult:
 
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
-    done = (p | "ShardNames" >> beam.Create(names) | "Spread" >> beam.Reshuffle()
+    # Create reshuffles its elements (reshuffle=True), which spreads the shards over the workers.
+    done = (p | "ShardNames" >> beam.Create(names, reshuffle=True)
             | "Remask" >> beam.ParDo(RemaskShardDoFn(args.shards, args.out, sha, schedule))
             .with_outputs(REJECTED, INPUTS, main="shards"))
-    (p | "FinalizeTrigger" >> beam.Create([None])
-     | "Finalize" >> beam.ParDo(FinalizeRemask(args.shards, args.out, manifest, cfg.to_dict(), schedule.to_json(),
-                                               input_files, lineage),
-                                shards=beam.pvalue.AsList(done.shards), rejected=beam.pvalue.AsList(done[REJECTED]),
-                                inputs=beam.pvalue.AsList(done[INPUTS])))
+    # Counts carry the input set's forward (its inputs, rejected and filtered rows); this stage's
+    # own counts (inputs = the input set's samples) go to lineage.remask_counts. Both must reconcile.
+    finalize(p, args.out, manifest_schema.KIND_INPAINTING, cfg, schedule.to_json(), input_files, done.shards,
+             done[REJECTED], done[INPUTS], upstream_dir=args.shards, lineage=lineage, stage_counts="remask_counts")
     result = p.run()
     result.wait_until_finish()
     return result

@@ -8,7 +8,8 @@ import apache_beam as beam
 
 from smartbrush.config import BuildConfig
 from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.storage.manifest import finalize_set, read_manifest, read_rejected
+from smartbrush.pipeline.storage.manifest import (ReconciliationError, counts, finalize_set, read_manifest,
+                                                  read_rejected, reconciles)
 
 CHUNKS_DIR = "chunk_parts"
 
@@ -37,33 +38,48 @@ def read_chunk_record(path: str) -> dict | None:
 
 class FinalizeShardSet(beam.DoFn):
     """Writes rejected.parquet and manifest.json once every shard is written (side inputs); fails
-    the job when the counts do not reconcile."""
+    the job when the counts do not reconcile.
+
+    With `upstream_dir` (a stage reading an earlier stage's shard set or table) the counts carry the
+    upstream set's forward: its inputs, and its rejected and filtered rows (copied into
+    rejected.parquet) plus this stage's, so that the manifest reconciles back to the original
+    records. `stage_counts` then names a lineage key for this stage's own counts (inputs = the
+    records this stage read), which must reconcile too."""
 
     def __init__(self, out_dir: str, kind: str, config: dict, schedule: dict | None, input_files: list[dict],
-                 upstream_dir: str | None = None, lineage: dict | None = None, chunk_record: str | None = None):
+                 upstream_dir: str | None = None, lineage: dict | None = None, chunk_record: str | None = None,
+                 stage_counts: str | None = None):
         self.out_dir, self.kind, self.config, self.schedule = out_dir, kind, config, schedule
         self.input_files, self.upstream_dir, self.lineage = input_files, upstream_dir, lineage
-        self.chunk_record = chunk_record
+        self.chunk_record, self.stage_counts = chunk_record, stage_counts
 
     def process(self, _, shards, rejected, inputs):
-        rejected = list(rejected)
+        shards, rejected = list(shards), list(rejected)
         n_inputs = sum(n for _, n in inputs)
         if self.chunk_record:  # one chunk of a chunked build: the launcher finalizes once all are done
-            yield write_chunk_record(self.chunk_record, list(shards), rejected, n_inputs)
+            yield write_chunk_record(self.chunk_record, shards, rejected, n_inputs)
             return
+        lineage = self.lineage
+        if self.stage_counts:
+            stage = counts(n_inputs, sum(s["samples"] for s in shards), rejected)
+            if not reconciles(stage):
+                raise ReconciliationError(f"{self.out_dir}: this stage's counts do not reconcile: {stage}; is "
+                                          f"{self.upstream_dir} consistent with its manifest?")
+            lineage = {**(lineage or {}), self.stage_counts: stage}
         if self.upstream_dir:
-            # A stage reading an earlier stage's output carries its rejections and input count.
             rejected += read_rejected(self.upstream_dir)
             n_inputs = read_manifest(self.upstream_dir)["counts"]["inputs"]
         yield finalize_set(self.out_dir, self.kind, self.config, self.schedule, self.input_files, n_inputs,
-                           list(shards), rejected, self.lineage)
+                           shards, rejected, lineage)
 
 
 def finalize(pbegin_or_p, out_dir: str, kind: str, config: BuildConfig | dict, schedule: dict | None,
              input_files: list[dict], shards, rejected, inputs, upstream_dir: str | None = None,
-             lineage: dict | None = None, chunk_record: str | None = None):
+             lineage: dict | None = None, chunk_record: str | None = None, stage_counts: str | None = None):
+    """`inputs`: (key, count) pairs of the records this stage read."""
     cfg = config.to_dict() if isinstance(config, BuildConfig) else config
-    fn = FinalizeShardSet(out_dir, kind, cfg, schedule, input_files, upstream_dir, lineage, chunk_record)
+    fn = FinalizeShardSet(out_dir, kind, cfg, schedule, input_files, upstream_dir, lineage, chunk_record,
+                          stage_counts)
     return (pbegin_or_p | "FinalizeTrigger" >> beam.Create([None])
             | "Finalize" >> beam.ParDo(fn,
                                        shards=beam.pvalue.AsList(shards), rejected=beam.pvalue.AsList(rejected),
