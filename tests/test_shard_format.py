@@ -341,3 +341,29 @@ def test_hashing_writer_blocks_give_the_same_bytes_and_digest(tmp_path):
     expected = b"".join(pieces) + b"abc" + b"tail"
     assert open(final, "rb").read() == expected
     assert digest == fileio.Digest(len(expected), hashlib.sha256(expected).hexdigest(), f"{zlib.crc32(expected):08x}")
+
+
+def test_box_rows_deflate_is_the_standard_zlib_rle_and_repeats_exactly():
+    """The same map always gives the same bytes (a compressor whose output moved with the heap's
+    contents broke byte-identical shards once), and they are the standard library zlib's Z_RLE."""
+    import os
+    import zlib
+
+    from smartbrush.pipeline.render.samples import _box_rows_raw, _deflate_box
+
+    rng = np.random.default_rng(3)
+    maps = [render_level_map(np.roll(np.roll(_exact(160), dy, 0), dx, 1), FINE)
+            for dy, dx in rng.integers(-40, 40, (12, 2))] + _maps_of_every_layout()
+    for level_map in maps:
+        used = np.flatnonzero((level_map != shard_sample.OUTSIDE).any(axis=1))
+        if not used.size:
+            continue
+        raw = _box_rows_raw(level_map[used[0]:used[-1] + 1])
+        for last in (False, True):
+            z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+            reference = z.compress(raw.data) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+            churn = []
+            for _ in range(20):
+                churn.append(bytearray(os.urandom(int(rng.integers(1, 300_000)))))  # other heap contents
+                assert _deflate_box(bytes(raw.data), last) == reference
+        assert encode_level_map(level_map) == encode_level_map(level_map.copy())
