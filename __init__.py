@@ -1,3 +1,3 @@
 """smartbrush: the SmartBrush inpainting corpus builder, trainer and evaluator."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+import smartbrush
 from smartbrush.cli import VERBS, main
 from smartbrush.pipeline.commands.build import run_build, run_ingest, run_shard
 from smartbrush.pipeline.storage.manifest import read_manifest
@@ -82,7 +83,7 @@ def test_wheel_holds_only_the_smartbrush_package(tmp_path):
                     str(tmp_path), ROOT], check=True)
     wheel = next(p for p in os.listdir(tmp_path) if p.endswith(".whl"))
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
-    outside = [n for n in names if not (n.startswith("smartbrush/") or n.startswith("smartbrush-0.1.0.dist-info/"))]
+    outside = [n for n in names if not (n.startswith("smartbrush/") or n.startswith(f"smartbrush-{smartbrush.__version__}.dist-info/"))]
     assert outside == []
     for expected in ("smartbrush/pipeline/commands/build.py", "smartbrush/pipeline/transforms/shards.py", "smartbrush/schemas/manifest.py", "smartbrush/model/__init__.py",
                      "smartbrush/presets/schedules/smartbrush.yaml", "smartbrush/sample_data/instances_sample.json",
