@@ -292,7 +292,11 @@ def test_constant_row_segments_are_zlibs_one_shot_deflate(width):
     every n across several checkpoints, as the final block and as a sync-flushed one."""
     import zlib
 
-    from smartbrush.pipeline.render.samples import _ConstantRows, _constant_rows, _deflate
+    from smartbrush.pipeline.render.samples import _ConstantRows, _constant_rows
+
+    def _deflate(raw, last):  # the definition: zlib level 1 over all n rows in one call
+        z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+        return z.compress(raw) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
     rows = _ConstantRows(width)
     for n in [*range(1, 2 * _ConstantRows.CHECKPOINT + 2), 200, 511, 512, 513, 100, 3]:  # not in order
@@ -349,7 +353,7 @@ def test_box_rows_deflate_is_the_standard_zlib_rle_and_repeats_exactly():
     import os
     import zlib
 
-    from smartbrush.pipeline.render.samples import _box_rows_raw, _deflate_box
+    from smartbrush.pipeline.render.samples import _deflate_box, _filtered_rows
 
     rng = np.random.default_rng(3)
     maps = [render_level_map(np.roll(np.roll(_exact(160), dy, 0), dx, 1), FINE)
@@ -358,7 +362,7 @@ def test_box_rows_deflate_is_the_standard_zlib_rle_and_repeats_exactly():
         used = np.flatnonzero((level_map != shard_sample.OUTSIDE).any(axis=1))
         if not used.size:
             continue
-        raw = _box_rows_raw(level_map[used[0]:used[-1] + 1])
+        raw = _filtered_rows(level_map[used[0]:used[-1] + 1], 0, level_map.shape[1])
         for last in (False, True):
             z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
             reference = z.compress(raw.data) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)

@@ -5,9 +5,10 @@ blur level is the exact mask Gaussian-blurred (the level's sigma and kernel, zer
 image), binarised at the level's threshold, joined with the level below (so the ladder always
 nests) and clipped to the box; level S is the box.
 
-What the pipeline renders (`render_level_map`) is the whole ladder as one uint8 "level map" (a
-pixel's value is the smallest s whose mask contains it, OUTSIDE = 255 outside the box; see
-schemas/shard_sample.py), computed cheaply:
+What the pipeline renders is the whole ladder as one uint8 "level map" (a pixel's value is the
+smallest s whose mask contains it, OUTSIDE = 255 outside the box; see schemas/shard_sample.py):
+`render_region_map` inside the exact mask's box (what build and remask encode directly),
+`render_level_map` as a whole map. It is computed cheaply:
 - blurs run on the box region only: outside it the exact mask is zero, so inside the box the result
   equals a whole-image blur with zero borders, and nothing outside the box is kept;
 - a wide blur runs through a Gaussian pyramid: k = reduction_levels(sigma) pyrDown steps (5-tap
@@ -139,21 +140,13 @@ def _check_levels(schedule: MaskSchedule) -> None:
                          f"{MAX_LEVELS}")
 
 
-def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True,
-                     copy: tuple[np.ndarray, dict[int, int]] | None = None,
-                     box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """The ladder of `schedule` as a uint8 level map the shape of `exact` (mask_s = map <= s).
-
-    `copy` = (old level map, {new level k: old level j}): level k is taken as `old map <= j`
-    instead of being blurred (unchanged_levels() says which levels may be). The old map must
-    belong to the same exact mask (same box). `box` may give mask_box(exact) when it is known."""
+def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True) -> np.ndarray:
+    """The ladder of `schedule` as a uint8 level map the shape of `exact` (mask_s = map <= s);
+    render_region_map does the work inside the exact mask's box."""
     exact = exact.astype(bool, copy=False)
-    x0, y0, x1, y1 = _box(exact) if box is None else box
-    old_region = copy[0][y0:y1, x0:x1] if copy is not None else None
-    rmap = render_region_map(exact[y0:y1, x0:x1], schedule, reduce,
-                             (old_region, copy[1]) if copy is not None else None)
+    x0, y0, x1, y1 = _box(exact)
     out = np.full(exact.shape, OUTSIDE, np.uint8)
-    out[y0:y1, x0:x1] = rmap
+    out[y0:y1, x0:x1] = render_region_map(exact[y0:y1, x0:x1], schedule, reduce)
     return out
 
 

@@ -73,14 +73,6 @@ def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
     return sum1 | (sum2 << 16)
 
 
-def _deflate(raw, last: bool) -> bytes:
-    """The canonical segment of constant rows, zlib's in one call (kept as the definition that
-    _ConstantRows reproduces; these bytes never changed, so files written by earlier versions keep
-    their fast decode path)."""
-    z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
-    return z.compress(raw) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-
-
 def _deflate_box(raw, last: bool) -> bytes:
     """The box rows: zlib's run-length strategy (Z_RLE) through zlib-ng, about 2.3x faster than
     zlib's level 1 and smaller on level maps (runs of one level along each row); the bytes are
@@ -92,12 +84,16 @@ def _deflate_box(raw, last: bool) -> bytes:
 
 
 class _ConstantRows:
-    """_deflate of n rows of OUTSIDE (filter None) of one width, for any n, from checkpoints of one
-    running zlib stream every CHECKPOINT rows: a segment is the output up to the checkpoint below n,
-    then a copy of the stream there fed the remaining rows and flushed. zlib's output does not depend
-    on how its input is split (tests/test_shard_format.py checks every n against _deflate), and a
-    segment costs a stream copy and at most CHECKPOINT rows instead of deflating all n rows: each
-    worker meets hundreds of box positions, which took about 0.1 s of a 1 s remask per worker."""
+    """The canonical segment of n rows of OUTSIDE (filter None) of one width: what zlib level 1
+    (default strategy) gives for those rows in one call, sync-flushed, or finished when `last`. These
+    bytes never changed, so files written by earlier versions keep their fast decode path.
+
+    Any n is cut from checkpoints of one running zlib stream every CHECKPOINT rows: the output up to
+    the checkpoint below n, then a copy of the stream there fed the remaining rows and flushed. zlib's
+    output does not depend on how its input is split (tests/test_shard_format.py checks every n
+    against the one-call deflate), and a segment costs a stream copy and at most CHECKPOINT rows
+    instead of deflating all n rows: each worker meets hundreds of box positions, which took about
+    0.1 s of a 1 s remask per worker."""
 
     CHECKPOINT = 32
 
@@ -128,22 +124,15 @@ def _constant_rows(n: int, width: int, last: bool) -> tuple[bytes, int, int]:
     """(raw-deflate segment, Adler-32 from 1, raw length) of n rows of OUTSIDE with filter None."""
     if n == 0:
         return b"", 1, 0
-    raw = _constant_rows_of_width(width).row * n
-    return _constant_rows_of_width(width).segment(n, last), zlib_ng.adler32(raw), len(raw)
+    rows = _constant_rows_of_width(width)
+    raw = rows.row * n
+    return rows.segment(n, last), zlib_ng.adler32(raw), len(raw)
 
 
-def _box_rows_raw(rows: np.ndarray) -> np.ndarray:
-    """Rows of the map with PNG's filter None: deflate finds the runs and the repeated rows itself,
-    and neither side pays a filtering pass (un-filtering Up rows costs more than it saves)."""
-    h, w = rows.shape
-    raw = np.empty((h, w + 1), np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:] = rows
-    return raw
-
-
-def _region_rows_raw(region_map: np.ndarray, x0: int, width: int) -> np.ndarray:
-    """_box_rows_raw of rows that are OUTSIDE but for `region_map` at columns x0 onwards."""
+def _filtered_rows(region_map: np.ndarray, x0: int, width: int) -> np.ndarray:
+    """PNG rows (filter byte, then `width` pixels) that are OUTSIDE but for `region_map` at columns
+    x0 onwards. Filter None: deflate finds the runs and the repeated rows itself, and neither side
+    pays a filtering pass (un-filtering Up rows costs more than it saves)."""
     h, w = region_map.shape
     raw = np.full((h, width + 1), shard_sample.OUTSIDE, np.uint8)
     raw[:, 0] = 0
@@ -162,7 +151,8 @@ def encode_level_map(level_map: np.ndarray, rows: tuple[int, int] | None = None)
         used = np.flatnonzero((level_map != shard_sample.OUTSIDE).any(axis=1))
         rows = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
     y0, y1 = rows
-    return _encode_raw_rows(_box_rows_raw(level_map[y0:y1]) if y1 > y0 else None, y0, *level_map.shape)
+    h, w = level_map.shape
+    return _encode_raw_rows(_filtered_rows(level_map[y0:y1], 0, w) if y1 > y0 else None, y0, h, w)
 
 
 def encode_level_map_box(region_map: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> bytes:
@@ -171,7 +161,7 @@ def encode_level_map_box(region_map: np.ndarray, box: tuple[int, int, int, int],
     x0, y0, x1, y1 = box
     if region_map.shape != (y1 - y0, x1 - x0) or not 0 <= x0 < x1 <= width or not 0 <= y0 < y1 <= height:
         raise ValueError(f"a {region_map.shape} region map does not fill box {box} of a {height}x{width} map")
-    return _encode_raw_rows(_region_rows_raw(region_map, x0, width), y0, height, width)
+    return _encode_raw_rows(_filtered_rows(region_map, x0, width), y0, height, width)
 
 
 def _encode_raw_rows(raw: np.ndarray | None, y0: int, h: int, w: int) -> bytes:
