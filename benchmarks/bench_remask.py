@@ -126,7 +126,6 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
     at a time (as the job holds them)."""
-
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
     from smartbrush.pipeline.render.remask import _integrity_problem, _is_ladder_of_box, input_schedule, new_meta, parse_tar
     from smartbrush.pipeline.storage import fileio
