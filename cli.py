@@ -3,6 +3,7 @@ through, and anything that is neither is an error naming it (pipeline/commands/f
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -68,5 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def entry() -> None:
+    """The console script (and `python -m smartbrush.cli`): main(), then an exit that skips the
+    interpreter's final collections over every imported module (pipeline/transforms/worker.py);
+    tests call main() instead."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -178,16 +178,18 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
     return {k: 1000 * v / n for k, v in steps.items()}
 
 
-def timed(fn, repeat: int, work: str, tag: str, *args) -> tuple[float, int]:
-    """Best of `repeat` runs (seconds, instances), each into a fresh folder."""
-    best, n = float("inf"), 0
-    for i in range(repeat):
-        out = os.path.join(work, f"{tag}-{i}")
-        t = time.perf_counter()
-        n = fn(*args[:1], out, *args[1:])
-        best = min(best, time.perf_counter() - t)
-        shutil.rmtree(out)
-    return best, n
+def timed_interleaved(jobs: dict, repeat: int, work: str) -> dict[str, tuple[float, int]]:
+    """{name: (best seconds, instances)} of `repeat` rounds that run every job once each, into a
+    fresh folder, so that a slow spell of the machine does not fall on one job's runs only."""
+    best = {name: (float("inf"), 0) for name in jobs}
+    for _ in range(repeat):
+        for name, (fn, args) in jobs.items():
+            out = os.path.join(work, "pe-" + name.split()[0])
+            t = time.perf_counter()
+            n = fn(args[0], out, *args[1:])
+            best[name] = (min(best[name][0], time.perf_counter() - t), n)
+            shutil.rmtree(out)
+    return best
 
 
 # ---- Beam jobs -----------------------------------------------------------------------------------
@@ -198,33 +200,40 @@ def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
 
     from smartbrush.pipeline.commands.common import pipeline_options
     from smartbrush.pipeline.storage.shards import read_shard, write_shard
+    from smartbrush.pipeline.transforms.worker import WorkerDoFn
+
+    class CopyShard(WorkerDoFn):  # this package's DoFn base, as remask's
+        def process(self, name):
+            samples = read_shard(os.path.join(src, name))
+            members = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
+            yield write_shard(out, name, members)[0]
 
     names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])
     os.makedirs(out)
-
-    def copy(name):
-        samples = read_shard(os.path.join(src, name))
-        members = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
-        return write_shard(out, name, members)[0]
-
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
-    _ = p | beam.Create(names) | beam.Reshuffle() | beam.Map(copy)
+    _ = p | beam.Create(names, reshuffle=True) | beam.ParDo(CopyShard())
     p.run().wait_until_finish()
 
 
 def beam_floor(src: str, out: str, beam_args: list[str]) -> None:
     """What the local runner costs on its own for a job of remask's shape: the shard names through
-    Create (which reshuffles), a DoFn per shard that does nothing, and a finalize step over three
-    side inputs (start the workers, run three stages, shut down)."""
+    Create (which reshuffles), a DoFn per shard that does nothing (on this package's DoFn base, as
+    remask's), and a finalize step over three side inputs (start the workers, run three stages,
+    shut down)."""
     import apache_beam as beam
 
     from smartbrush.pipeline.commands.common import pipeline_options
+    from smartbrush.pipeline.transforms.worker import WorkerDoFn
+
+    class Nothing(WorkerDoFn):
+        def process(self, name):
+            yield {"name": name}
 
     names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
-    done = p | beam.Create(names, reshuffle=True) | beam.Map(lambda name: {"name": name})
+    done = p | beam.Create(names, reshuffle=True) | beam.ParDo(Nothing())
     _ = (p | "Trigger" >> beam.Create([None])
          | "Finalize" >> beam.Map(lambda _, a, b, c: len(a), a=beam.pvalue.AsList(done), b=beam.pvalue.AsList(done),
                                   c=beam.pvalue.AsList(done)))
@@ -321,13 +330,13 @@ def main() -> int:
         schedule = config_mod.load_schedule(args.schedule)
         cfg = config_mod.load_build_config("default", {"render": {"resolution": args.resolution},
                                                        "shards": {"samples_per_shard": args.samples_per_shard}})
-        per = {
-            "remask": timed(per_element_remask, args.repeat, work, "pe-remask", src, schedule),
-            "rebuild (shard)": timed(per_element_rebuild, args.repeat, work, "pe-rebuild", src, schedule, cfg),
-            "copy": timed(per_element_copy, args.repeat, work, "pe-copy", src, schedule),
-        }
+        per = timed_interleaved({
+            "remask": (per_element_remask, (src, schedule)),
+            "rebuild (shard)": (per_element_rebuild, (src, schedule, cfg)),
+            "copy": (per_element_copy, (src, schedule)),
+        }, args.repeat, work)
         assert all(k == n for _, k in per.values()), per
-        report(f"per-element, one process, no Beam (best of {args.repeat})", {k: t for k, (t, _) in per.items()}, n,
+        report(f"per-element, one process, no Beam (best of {args.repeat}, interleaved)", {k: t for k, (t, _) in per.items()}, n,
                TARGET_VS_REBUILD, TARGET_VS_COPY)
         print("\nwhere remask's time goes (ms per instance, one process):")
         for step, ms in remask_breakdown(src, schedule).items():

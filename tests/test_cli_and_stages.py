@@ -91,4 +91,4 @@ def test_wheel_holds_only_the_smartbrush_package(tmp_path):
         assert expected in names
     assert not [n for n in names if "/tests/" in n or "/benchmarks/" in n]
     entry = [n for n in names if n.endswith("entry_points.txt")][0]
-    assert "smartbrush = smartbrush.cli:main" in zipfile.ZipFile(tmp_path / wheel).read(entry).decode()
+    assert "smartbrush = smartbrush.cli:entry" in zipfile.ZipFile(tmp_path / wheel).read(entry).decode()

@@ -22,6 +22,7 @@ from smartbrush.pipeline.storage.manifest import (finalize_set, input_file_entry
                                                   rejected_table_bytes)
 from smartbrush.pipeline.transforms.caption import DROPPED, REJECTED, CaptionRowLists
 from smartbrush.pipeline.transforms.table import read_instance_table, write_instance_table
+from smartbrush.pipeline.transforms.worker import WorkerDoFn
 from smartbrush.schemas import instance_table
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
@@ -69,7 +70,7 @@ def _prepare_out(table: str, out: str, identity: dict) -> None:
         FileSystems.delete(stale)
 
 
-class FinalizeCaptionTable(beam.DoFn):
+class FinalizeCaptionTable(WorkerDoFn):
     """captions_dropped.parquet, rejected.parquet and manifest.json, once the table is written."""
 
     def __init__(self, out_dir: str, config: dict, input_files: list[dict], upstream_dir: str | None,

@@ -3,8 +3,8 @@
 One Beam work item per input shard (listed from the input manifest.json); each worker reads its
 shard (sample format v1 or v2), renders each sample's ladder with the new schedule from its s = 0
 mask, copying the levels whose definition did not change (pipeline/render/remask.py), and writes a
-v2 shard of the same name. Images, captions and metadata are not touched; no annotation or source
-image is read. See docs/remask.md and docs/shard-format.md.
+v2 shard of the same name (the DoFn: pipeline/transforms/remask.py). Images, captions and metadata
+are not touched; no annotation or source image is read. See docs/remask.md and docs/shard-format.md.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import json
 import os
 
 import apache_beam as beam
-from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from apache_beam.runners.runner import PipelineResult
 
 from smartbrush import config as config_mod
@@ -24,13 +22,9 @@ from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
 from smartbrush.pipeline.commands.flags import parse_job_args
 from smartbrush.pipeline.storage.identity import make_identity
-from smartbrush.pipeline.render.remask import remask_shard
 from smartbrush.pipeline.transforms.finalize import finalize
+from smartbrush.pipeline.transforms.remask import INPUTS, REJECTED, RemaskShardDoFn
 from smartbrush.schemas import manifest as manifest_schema
-from smartbrush.schemas.mask_schedule import MaskSchedule
-
-REJECTED = "rejected"
-INPUTS = "inputs"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,35 +74,6 @@ def derived_config(input_config: dict, schedule_arg: str, where: str) -> config_
                                                  f"{where} config")
     except ValueError as e:
         raise SystemExit(str(e)) from None
-
-
-class RemaskShardDoFn(beam.DoFn):
-    """Shard name -> the output shard's info; REJECTED rows and the INPUTS count on side outputs."""
-
-    def __init__(self, in_dir: str, out_dir: str, manifest_sha256: str, schedule: MaskSchedule):
-        self.in_dir, self.out_dir, self.manifest_sha256, self.schedule = in_dir, out_dir, manifest_sha256, schedule
-        self.written = Metrics.counter("remask", "shards_written")
-        self.kept = Metrics.counter("remask", "shards_already_complete")
-        self.samples = Metrics.counter("remask", "samples_written")
-        self.failed = Metrics.counter("remask", "samples_rejected")
-
-    def setup(self):
-        # The shard entries come from the manifest on the worker, not through the job graph.
-        raw = fileio.read_bytes(fileio.join(self.in_dir, manifest_schema.FILE_NAME))
-        if hashlib.sha256(raw).hexdigest() != self.manifest_sha256:
-            raise RuntimeError(f"{self.in_dir}/{manifest_schema.FILE_NAME} changed while remask was running")
-        self.entries = {s["name"]: s for s in json.loads(raw)["shards"]}
-
-    def process(self, name: str):
-        result = remask_shard(self.in_dir, self.out_dir, self.entries[name], self.schedule)
-        (self.written if result.written_now else self.kept).inc(int(result.info is not None))
-        self.samples.inc(result.info["samples"] if result.info else 0)
-        self.failed.inc(len(result.rejected))
-        for row in result.rejected:
-            yield pvalue.TaggedOutput(REJECTED, row)
-        yield pvalue.TaggedOutput(INPUTS, (name, result.inputs))
-        if result.info is not None:
-            yield result.info
 
 
 def _same_folder(a: str, b: str) -> bool:

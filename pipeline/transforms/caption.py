@@ -15,6 +15,7 @@ from smartbrush.pipeline.caption.captioners import Captioner, add_caption
 from smartbrush.pipeline.caption.crops import image_crops
 from smartbrush.pipeline.errors import rejection
 from smartbrush.pipeline.storage.shard_plan import image_key
+from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 REJECTED = "rejected"
 DROPPED = "dropped"  # captions dropped (degenerate); their rows stay in the table
@@ -27,7 +28,7 @@ def has_caption_by(row: dict, record: dict) -> bool:
                for c in row.get("captions") or [])
 
 
-class CaptionWithoutImages(beam.DoFn):
+class CaptionWithoutImages(WorkerDoFn):
     """Captioners that need no pixels (label): one pass over each row list."""
 
     def __init__(self, captioner: Captioner, stage: str):
@@ -49,7 +50,7 @@ class CaptionWithoutImages(beam.DoFn):
         yield out
 
 
-class MakeCaptionCrops(beam.DoFn):
+class MakeCaptionCrops(WorkerDoFn):
     """Decodes each source image once and emits ((image key, instance_id), crop) per instance, the
     rows that got a crop keyed by image, and rejections for those that did not."""
 
@@ -73,7 +74,7 @@ class MakeCaptionCrops(beam.DoFn):
                 yield (key, instance_id), crop
 
 
-class AttachCaptions(beam.DoFn):
+class AttachCaptions(WorkerDoFn):
     def __init__(self, captioner: BlipCaptioner, stage: str):
         self.captioner, self.stage = captioner, stage
         self.added = Metrics.counter("caption", "captions_added")

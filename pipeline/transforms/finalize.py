@@ -10,6 +10,7 @@ from smartbrush.config import BuildConfig
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.manifest import (ReconciliationError, counts, finalize_set, read_manifest,
                                                   read_rejected, reconciles)
+from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 CHUNKS_DIR = "chunk_parts"
 
@@ -36,7 +37,7 @@ def read_chunk_record(path: str) -> dict | None:
     return record
 
 
-class FinalizeShardSet(beam.DoFn):
+class FinalizeShardSet(WorkerDoFn):
     """Writes rejected.parquet and manifest.json once every shard is written (side inputs); fails
     the job when the counts do not reconcile.
 

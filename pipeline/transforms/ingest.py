@@ -10,6 +10,7 @@ from smartbrush.config import FilterConfig
 from smartbrush.pipeline.errors import rejection
 from smartbrush.pipeline.sources import coco, openimages
 from smartbrush.pipeline.storage.shard_plan import chunk_of
+from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 REJECTED = "rejected"
 INPUTS = "inputs"
@@ -17,7 +18,7 @@ CATEGORIES = "categories"
 _ANN_KEYS = ("id", "image_id", "category_id", "iscrowd", "segmentation")
 
 
-class ReadCocoFile(beam.DoFn):
+class ReadCocoFile(WorkerDoFn):
     """A COCO instances JSON, read once and streamed on a worker: emits (image_id, ("image", record))
     and (image_id, ("ann", annotation)); the categories (a small dict) on CATEGORIES and the file's
     annotation count on INPUTS."""
@@ -45,7 +46,7 @@ class ReadCocoFile(beam.DoFn):
         yield pvalue.TaggedOutput(INPUTS, (path, n))
 
 
-class IngestCocoImage(beam.DoFn):
+class IngestCocoImage(WorkerDoFn):
     """One image's annotations to instance rows (one list per image) and rejections."""
 
     def __init__(self, filters: FilterConfig, input_path: str, split: str):
@@ -69,7 +70,7 @@ class IngestCocoImage(beam.DoFn):
             yield rows
 
 
-class IngestOpenImagesImage(beam.DoFn):
+class IngestOpenImagesImage(WorkerDoFn):
     def __init__(self, images_dir: str, masks_dir: str, split: str, filters: FilterConfig, input_path: str):
         self.images_dir, self.masks_dir, self.split = images_dir, masks_dir, split
         self.filters, self.input_path = filters, input_path

@@ -16,6 +16,7 @@ from smartbrush.pipeline.render.shard_render import PARTS_DIR, ShardRenderer
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, shard_of
 from smartbrush.pipeline.storage.shards import shard_name
+from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 REJECTED = "rejected"
 
@@ -51,7 +52,7 @@ def _write_plan(plan: dict, out_dir: str, prefix: str) -> dict:
     return plan
 
 
-class WriteShardDoFn(beam.DoFn):
+class WriteShardDoFn(WorkerDoFn):
     """(shard index, row lists) -> the shard's info; rejected rows on the REJECTED output."""
 
     def __init__(self, renderer: ShardRenderer, prefix: str):
