@@ -19,8 +19,8 @@ from smartbrush.config import RenderConfig  # noqa: E402
 from smartbrush.pipeline.render.ladder import render_ladder, render_level_map, unchanged_levels  # noqa: E402
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
-from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, readable_keys, remask_sample,  # noqa: E402
-                                              remask_samples, remask_shard)
+from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, new_json, readable_keys,  # noqa: E402
+                                              remask_sample, remask_samples, remask_shard)
 from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map,  # noqa: E402
                                                 encode_masks_v1, render_sample, sample_mask, sample_masks)
 from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
@@ -75,6 +75,27 @@ def test_remask_sample_changes_only_masks_and_the_schedule():
     expected_map[_disk()] = 0
     np.testing.assert_array_equal(decode_level_map(out[LEVELS]), expected_map)
     assert out["json"] == encode_json({**_meta("coco_val_1_2", SMARTBRUSH), "mask_schedule": EXACT_BOX.to_json()})
+
+
+def test_new_json_replaces_only_the_schedule_value():
+    meta = {**_meta("k", SMARTBRUSH), "captions": [{"text": 'a "mask_schedule": cup, caf\u00e9', "model": "label"}]}
+    raw = encode_json(meta)
+    expected = encode_json({**meta, "mask_schedule": FINE.to_json()})
+    assert new_json(raw, json.loads(raw), FINE) == expected  # our own json: the bytes of a re-encode
+    # Compact json of another writer (other key order) keeps its bytes but the schedule value's.
+    unsorted = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+    out = new_json(unsorted, json.loads(unsorted), FINE)
+    at = unsorted.index(b'"mask_schedule":') + len(b'"mask_schedule":')
+    assert out.startswith(unsorted[:at]) and out.endswith(unsorted[at + len(encode_json(SMARTBRUSH.to_json())):])
+    assert json.loads(out) == {**meta, "mask_schedule": FINE.to_json()}
+    # Indented json, the key twice (the last one counts when parsed), a v1 json: re-encoded.
+    spaced = json.dumps(meta, indent=1).encode()
+    assert new_json(spaced, json.loads(spaced), FINE) == expected
+    # The key twice (the last one counts when parsed) or a v1 json: re-encoded from the parsed json.
+    twice = raw[:-1] + b',"mask_schedule":' + encode_json(EXACT_BOX.to_json()) + b"}"
+    assert new_json(twice, json.loads(twice), FINE) == expected
+    v1 = encode_json(_meta("k", SMARTBRUSH, version=1))
+    assert json.loads(new_json(v1, json.loads(v1), FINE))["schema_version"] == shard_sample.VERSION
 
 
 def test_remask_sample_grows_the_ladder_and_nests():
