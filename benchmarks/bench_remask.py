@@ -127,9 +127,9 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
     at a time (as the job holds them)."""
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
-    from smartbrush.pipeline.render.remask import _integrity_problem, _is_ladder_of_box, input_schedule, new_meta, parse_tar
+    from smartbrush.pipeline.render.remask import _integrity_problem, _is_ladder_of_box, input_schedule, new_json, parse_tar
     from smartbrush.pipeline.storage import fileio
-    from smartbrush.pipeline.render.samples import decode_level_map_box_rows, encode_json, encode_level_map_box
+    from smartbrush.pipeline.render.samples import decode_level_map_box_rows, encode_level_map_box
     from smartbrush.pipeline.storage.shards import write_tar
 
     steps: dict[str, float] = defaultdict(float)
@@ -164,7 +164,7 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
             t = step("ladder (in the box)", t)
             png = encode_level_map_box(new, (x0, y0, x1, y1), h, w)
             t = step("encode levels.png", t)
-            out.append((s["__key__"], {"jpg": s["jpg"], "json": encode_json(new_meta(meta, schedule)), "levels.png": png}))
+            out.append((s["__key__"], {"jpg": s["jpg"], "json": new_json(s["json"], meta, schedule), "levels.png": png}))
             step("new json", t)
         t = time.perf_counter()
         buf = io.BytesIO()
