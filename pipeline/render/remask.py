@@ -204,22 +204,18 @@ def _schedule_text(schedule: MaskSchedule) -> str:
     return encode_json(_schedule_json(schedule)).decode("utf-8")
 
 
-_INPUT_SCHEDULES: dict[str, MaskSchedule] = {}
+@functools.lru_cache(maxsize=64)
+def _schedule_of(levels_json: str) -> MaskSchedule:
+    return mask_schedule.from_dict({"id": "input", "levels": json.loads(levels_json)}, "the sample's mask_schedule")
 
 
 def input_schedule(meta: dict) -> MaskSchedule:
-    """The schedule a sample was rendered with (from its json; parsed once per distinct levels)."""
+    """The schedule a sample was rendered with (from its json)."""
     levels = (meta.get("mask_schedule") or {}).get("levels") if isinstance(meta.get("mask_schedule"), dict) else None
-    key = repr(levels)  # a third of json.dumps(sort_keys=True); key order only costs a second entry
-    schedule = _INPUT_SCHEDULES.get(key)
-    if schedule is None:
-        try:
-            schedule = mask_schedule.from_dict({"id": "input", "levels": levels}, "the sample's mask_schedule")
-        except (ValueError, TypeError) as e:
-            raise RecordError(SAMPLE_INVALID, str(e)) from None
-        if len(_INPUT_SCHEDULES) >= 64:
-            _INPUT_SCHEDULES.clear()
-        _INPUT_SCHEDULES[key] = schedule
+    try:
+        schedule = _schedule_of(json.dumps(levels, sort_keys=True))
+    except (ValueError, TypeError) as e:
+        raise RecordError(SAMPLE_INVALID, str(e)) from None
     if schedule.num_levels > shard_sample.MAX_LEVELS:
         raise RecordError(SAMPLE_INVALID, f"{schedule.num_levels} levels, at most {shard_sample.MAX_LEVELS}")
     return schedule
