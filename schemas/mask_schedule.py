@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 NAME = "smartbrush.mask_schedule"
 VERSION = 1
@@ -23,8 +23,29 @@ LEVEL_TYPES = ("exact", "blur", "box")
 UNITS = ("relative", "pixels")
 
 
+class _CachedHash:
+    """A frozen dataclass's hash computed once: remask and the ladder look schedules and levels up
+    in caches for every sample, and the generated __hash__ rehashes every field each time. The
+    cached value stays out of pickles (str hashes differ between processes)."""
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(_field_values(self))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+
+def _field_values(obj) -> tuple:
+    return tuple(getattr(obj, f.name) for f in fields(obj))
+
+
 @dataclass(frozen=True)
-class Level:
+class Level(_CachedHash):
+    __hash__ = _CachedHash.__hash__  # declared here, so that dataclass keeps it
     type: str
     sigma: float = 0.0
     kernel: float = 0.0
@@ -33,7 +54,8 @@ class Level:
 
 
 @dataclass(frozen=True)
-class MaskSchedule:
+class MaskSchedule(_CachedHash):
+    __hash__ = _CachedHash.__hash__
     id: str
     levels: tuple[Level, ...]
     description: str = ""

@@ -57,3 +57,25 @@ def test_schedule_from_yaml_file(tmp_path):
     p.write_text("id: mine\nlevels:\n  - type: exact\n  - {type: blur, sigma: 5, units: pixels}\n  - type: box\n")
     s = config.load_schedule(str(p))
     assert s.id == "mine" and s.levels[1].threshold == 0.05
+
+
+def test_schedule_hash_is_cached_and_stays_out_of_pickles():
+    import dataclasses
+    import pickle
+    import subprocess
+    import sys
+
+    fine = config.load_schedule("smartbrush-fine")
+    same = from_dict({"id": "smartbrush-fine", "description": fine.description, "levels": fine.levels_as_dicts()})
+    assert same == fine and hash(same) == hash(fine) and hash(fine.levels[1]) == hash(same.levels[1])
+    assert "_hash" in fine.__dict__  # cached by the first hash
+    other = dataclasses.replace(fine, id="other")
+    assert "_hash" not in other.__dict__ and hash(other) != hash(fine)
+    blob = pickle.dumps({fine: "fine", fine.levels[1]: "level 1"})
+    assert b"_hash" not in blob
+    # Another process hashes strings with another seed: the pickled keys must still be found there.
+    code = ("import pickle, sys; from smartbrush import config; d = pickle.loads(sys.stdin.buffer.read()); "
+            "f = config.load_schedule('smartbrush-fine'); print(d[f], '/', d[f.levels[1]])")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True,
+                         env={"PYTHONHASHSEED": "12345", "PATH": ""}).stdout.decode().strip()
+    assert out == "fine / level 1"

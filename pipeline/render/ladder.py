@@ -166,8 +166,8 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     pyramid = _Pyramid(region_f, depth) if depth else None  # shared by every reduced blur
     rmap = np.full(region.shape, S, np.uint8)
     # Each level is written where its mask holds, from S - 1 down, so that a pixel keeps its smallest
-    # level (the join). OpenCV's compare and masked copy do it about 4x faster than numpy's boolean
-    # indexing.
+    # level (the join). OpenCV's masked copy does it about 4x faster than numpy's boolean indexing;
+    # numpy's comparison of a float field with a scalar is about 3x faster than OpenCV's.
     plane = np.empty_like(rmap)
     for k in range(S - 1, 0, -1):
         if k in copied:
@@ -175,7 +175,7 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
         else:
             sigma, kernel, levels_down = blurs[k]
             field = pyramid.blur(sigma, kernel, levels_down) if levels_down else _gaussian(region_f, sigma, kernel)
-            inside = cv2.compare(field, schedule.levels[k].threshold, cv2.CMP_GT)
+            inside = np.greater(field, schedule.levels[k].threshold).view(np.uint8)
         plane.fill(k)
         cv2.copyTo(plane, inside, rmap)
     plane.fill(0)
