@@ -183,6 +183,7 @@ def test_unchanged_levels_are_copied_not_recomputed(monkeypatch):
     calls = []
     real = ladder._blur_plan.__wrapped__  # called once per level that is blurred (uncached here)
     monkeypatch.setattr(ladder, "_blur_plan", lambda level, side, reduce: calls.append(level) or real(level, side, reduce))
+    ladder._ladder_plan.cache_clear()  # plans are cached per schedule and box side: make this one afresh
     out = sample_masks({"__key__": "k", **remask_sample(sample, new)})
     assert calls == [new.levels[2]]  # one blur: the new level 2
     np.testing.assert_array_equal(out[1], old_map <= 1)

@@ -110,21 +110,32 @@ class _Pyramid:
             self.levels.append(cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0))
 
     def blur(self, sigma: float, kernel: int, k: int) -> np.ndarray:
+        return self.upsampled(k, _reduced_kernel(sigma, kernel, k))
+
+    def upsampled(self, k: int, small_kernel: np.ndarray) -> np.ndarray:
+        """Level k blurred with `small_kernel` (see _reduced_kernel), back at full resolution."""
         f = 2 ** k
         hs, ws = -(-self.h // f), -(-self.w // f)
         o = self.RING
         field = self.levels[k][o - 2:o + hs + 2, o - 2:o + ws + 2]  # the region and its 2-pixel ring
-        # The k pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
-        # full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2. Its zero border
-        # stands for the zeros past the ring.
-        small_var = (sigma * sigma - 2 * (4 ** k - 1) / 3.0) / (f * f)
-        small_kernel = max(3, int(round(kernel / f)) | 1)
-        field = _gaussian(np.ascontiguousarray(field), math.sqrt(max(small_var, 0.25)), small_kernel)
+        # The reduced Gaussian's zero border stands for the zeros past the ring.
+        field = cv2.sepFilter2D(np.ascontiguousarray(field), cv2.CV_32F, small_kernel, small_kernel,
+                                borderType=cv2.BORDER_CONSTANT)
         # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
         # reaches the outermost pixel, which the crop drops): nothing past the ring is upsampled.
         for _ in range(k):
             field = cv2.pyrUp(field)[2:-2, 2:-2]
         return field[2:2 + self.h, 2:2 + self.w]
+
+
+@functools.lru_cache(maxsize=4096)
+def _reduced_kernel(sigma: float, kernel: int, k: int) -> np.ndarray:
+    """The Gaussian applied at 1/2^k resolution for a blur of (sigma, kernel) crop pixels. The k
+    pyrDown and the k pyrUp steps each blur by a variance of sum(4^i, i < k) = (4^k - 1) / 3
+    full-resolution pixels^2; the reduced Gaussian supplies the rest of sigma^2."""
+    f = 2 ** k
+    small_var = (sigma * sigma - 2 * (4 ** k - 1) / 3.0) / (f * f)
+    return _gaussian_kernel(max(3, int(round(kernel / f)) | 1), math.sqrt(max(small_var, 0.25)))
 
 
 def _box(exact: np.ndarray) -> tuple[int, int, int, int]:
@@ -158,10 +169,8 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     if not region.size or not region.any():
         raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
     S = schedule.num_levels - 1
-    box_side = max(region.shape)
     old_region, copied = copy if copy is not None else (None, {})
-    blurs = {k: _blur_plan(schedule.levels[k], box_side, reduce) for k in range(1, S) if k not in copied}
-    depth = max((levels_down for _, _, levels_down in blurs.values()), default=0)
+    depth, steps, blurs = _ladder_plan(schedule, max(region.shape), reduce, tuple(copied.items()))
     region_f = region.astype(np.float32) if blurs else None
     pyramid = _Pyramid(region_f, depth) if depth else None  # shared by every reduced blur
     rmap = np.full(region.shape, S, np.uint8)
@@ -169,18 +178,37 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     # level (the join). OpenCV's masked copy does it about 4x faster than numpy's boolean indexing;
     # numpy's comparison of a float field with a scalar is about 3x faster than OpenCV's.
     plane = np.empty_like(rmap)
-    for k in range(S - 1, 0, -1):
-        if k in copied:
-            inside = cv2.compare(old_region, copied[k], cv2.CMP_LE)
+    for k, old_level, threshold, levels_down, kernel in steps:
+        if old_level is not None:
+            inside = cv2.compare(old_region, old_level, cv2.CMP_LE)
+        elif levels_down:
+            inside = np.greater(pyramid.upsampled(levels_down, kernel), threshold).view(np.uint8)
         else:
-            sigma, kernel, levels_down = blurs[k]
-            field = pyramid.blur(sigma, kernel, levels_down) if levels_down else _gaussian(region_f, sigma, kernel)
-            inside = np.greater(field, schedule.levels[k].threshold).view(np.uint8)
+            field = cv2.sepFilter2D(region_f, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
+            inside = np.greater(field, threshold).view(np.uint8)
         plane.fill(k)
         cv2.copyTo(plane, inside, rmap)
     plane.fill(0)
     cv2.copyTo(plane, region.view(np.uint8), rmap)
     return rmap
+
+
+@functools.lru_cache(maxsize=65536)
+def _ladder_plan(schedule: MaskSchedule, box_side: int, reduce: bool, copied: tuple[tuple[int, int], ...]):
+    """(pyramid depth, steps, number of blurs) of render_region_map for a box side, worked out once
+    (boxes repeat): one step (k, copied input level or None, threshold, pyramid levels down, kernel)
+    per level k = S - 1 ... 1; the kernel is the reduced Gaussian's (or the full-resolution one's)."""
+    old = dict(copied)
+    steps, depth = [], 0
+    for k in range(schedule.num_levels - 2, 0, -1):
+        if k in old:
+            steps.append((k, old[k], None, 0, None))
+            continue
+        sigma, kernel, levels_down = _blur_plan(schedule.levels[k], box_side, reduce)
+        small = _reduced_kernel(sigma, kernel, levels_down) if levels_down else _gaussian_kernel(kernel, sigma)
+        steps.append((k, None, schedule.levels[k].threshold, levels_down, small))
+        depth = max(depth, levels_down)
+    return depth, tuple(steps), sum(step[1] is None for step in steps)
 
 
 @functools.lru_cache(maxsize=65536)
