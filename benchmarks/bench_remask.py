@@ -330,6 +330,9 @@ def main() -> int:
         schedule = config_mod.load_schedule(args.schedule)
         cfg = config_mod.load_build_config("default", {"render": {"resolution": args.resolution},
                                                        "shards": {"samples_per_shard": args.samples_per_shard}})
+        import cv2
+
+        cv2.setNumThreads(1)  # what every worker runs with (pipeline/transforms/worker.py), for all three jobs
         per = timed_interleaved({
             "remask": (per_element_remask, (src, schedule)),
             "rebuild (shard)": (per_element_rebuild, (src, schedule, cfg)),

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import defaultdict
 
+import cv2
 import psutil
 
 from smartbrush.config import load_build_config, load_schedule
@@ -49,6 +50,7 @@ def replicate(src: pathlib.Path, k: int, dst: pathlib.Path) -> int:
 
 def plain_loop(ann_path: str, images_dir: str, out: str, resolution: int, samples_per_shard: int) -> None:
     """The build's per-element functions and shard writer in one process, no Beam."""
+    cv2.setNumThreads(1)  # what every worker runs with (pipeline/transforms/worker.py)
     cfg = load_build_config("default", {"render": {"resolution": resolution}})
     data = json.load(open(ann_path))
     cats = {c["id"]: c["name"] for c in data["categories"]}

@@ -79,15 +79,6 @@ def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     return cv2.getGaussianKernel(size, sigma, cv2.CV_32F)
 
 
-def blur_region(region: np.ndarray, sigma: float, kernel: int, reduce: bool = True) -> np.ndarray:
-    """Gaussian blur of a float32 0/1 region with zero outside it, the shape of `region`; with
-    `reduce`, through a Gaussian pyramid (see the module docstring)."""
-    k = reduction_levels(sigma) if reduce else 0
-    if k == 0:
-        return _gaussian(region, sigma, kernel)
-    return _Pyramid(region, k).blur(sigma, kernel, k)
-
-
 class _Pyramid:
     """pyrDown levels 1..depth of a region, zero-padded, built once for all the blurs of a ladder.
 
@@ -108,9 +99,6 @@ class _Pyramid:
         for _ in range(depth):
             down = cv2.pyrDown(self.levels[-1])  # 5-tap binomial (variance 1), every other pixel
             self.levels.append(cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0))
-
-    def blur(self, sigma: float, kernel: int, k: int) -> np.ndarray:
-        return self.upsampled(k, _reduced_kernel(sigma, kernel, k))
 
     def upsampled(self, k: int, small_kernel: np.ndarray) -> np.ndarray:
         """Level k blurred with `small_kernel` (see _reduced_kernel), back at full resolution."""
@@ -211,9 +199,8 @@ def _ladder_plan(schedule: MaskSchedule, box_side: int, reduce: bool, copied: tu
     return depth, tuple(steps), sum(step[1] is None for step in steps)
 
 
-@functools.lru_cache(maxsize=65536)
 def _blur_plan(level: Level, box_side: int, reduce: bool) -> tuple[float, int, int]:
-    """(sigma, kernel, pyramid levels down) of a blur level for a box side (cached: boxes repeat)."""
+    """(sigma, kernel, pyramid levels down) of a blur level for a box side (_ladder_plan caches it)."""
     sigma, kernel = blur_parameters(level, box_side)
     return sigma, kernel, reduction_levels(sigma) if reduce else 0
 

@@ -445,9 +445,6 @@ def remask_shard(in_dir: str, out_dir: str, entry: dict, schedule: MaskSchedule)
     """Remask one input shard (its input-manifest entry) into a shard of the same name in out_dir.
 
     Atomic and resumable: an output shard that already exists is kept."""
-    # One core per worker, as for shard: parallelism comes from workers, and OpenCV's own threads
-    # (two here) made every worker process compete for all cores; one process ran 17 % slower.
-    cv2.setNumThreads(1)
     name = entry["name"]
     samples, rejected = read_input_shard(in_dir, entry)
     if samples is None:

@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -107,9 +106,6 @@ class ShardRenderer:
         self.captioners, self.table_dir, self.caption_batch = list(captioners), table_dir, caption_batch
 
     def write(self, name: str, row_lists: list[list[dict]]) -> ShardOutcome:
-        # One core per worker: parallelism comes from workers, and OpenCV's own threads would make
-        # every worker process compete for all cores.
-        cv2.setNumThreads(1)
         row_lists = sorted((sorted(rs, key=lambda r: r["instance_id"]) for rs in row_lists), key=image_key)
         digest = plan_digest(r["instance_id"] for rs in row_lists for r in rs)
         part = reusable_part(self.out_dir, name, digest)

@@ -9,6 +9,11 @@ collector's permanent generation (gc.freeze) once, at the first DoFn setup, take
 and spares every full collection while the worker runs the same walk. The frozen objects are still
 freed by reference counting; only cycles among them are never collected, and a start-up heap holds
 few.
+
+Every worker also runs OpenCV on one thread: parallelism comes from the workers, and OpenCV's own
+pool (a thread per core) made every worker process compete for every core; even one process alone
+remasked 17 % slower with it (0.74 against 0.62 ms per instance, docs/remask.md). Plain functions
+(render, remask) leave the thread count to their caller.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import gc
 
 import apache_beam as beam
+import cv2
 
 _frozen = False
 
@@ -34,4 +40,5 @@ class WorkerDoFn(beam.DoFn):
     """Base of this package's DoFns; subclasses that define setup() call super().setup()."""
 
     def setup(self):
+        cv2.setNumThreads(1)
         freeze_startup_heap()
