@@ -78,6 +78,22 @@ def test_region_blur_equals_whole_image_blur():
     assert np.array_equal(level, clipped | exact)
 
 
+def test_pyramid_levels_are_pyrdown_of_the_zero_padded_region():
+    # Each level is pyrDown written in place into a zero array: the same values as pyrDown of the
+    # previous level padded with zeros, and zero around the footprint (what the upsampling reads).
+    from smartbrush.pipeline.render.ladder import _Pyramid
+
+    region = np.random.default_rng(0).random((37, 52)) > 0.4
+    pyramid = _Pyramid(region, 3)
+    r = _Pyramid.RING
+    expected = cv2.copyMakeBorder(region.astype(np.float32), r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+    assert np.array_equal(pyramid.levels[0], expected) and np.array_equal(pyramid.region(), region)
+    for level in pyramid.levels[1:]:
+        down = cv2.pyrDown(expected)
+        expected = cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0)
+        assert down.any() and np.array_equal(level, expected)
+
+
 def test_blur_parameters():
     assert blur_parameters(Level("blur", sigma=0.1, units="relative", threshold=0.05), 200) == (20.0, 121)
     assert blur_parameters(Level("blur", sigma=4, kernel=24, units="pixels", threshold=0.05), 999) == (4.0, 25)

@@ -84,21 +84,33 @@ class _Pyramid:
 
     At every level the region's footprint starts at offset RING of a zero-padded array with RING
     zero pixels past it on every side: pyrDown's reflected borders only ever see zeros, the region's
-    pixel (0, 0) stays a sample of every level (RING is even), and each pyrDown output is padded
-    again (by RING / 2, the offset it halved to) rather than padding the full-resolution region by
-    2^depth pixels up front. Nothing nonzero reaches more than one pixel past the footprint at any
-    level (the 5-tap filter spreads by two pixels, the subsampling halves that), so a 2-pixel ring
-    around it holds all of it."""
+    pixel (0, 0) stays a sample of every level (RING is even), and each pyrDown writes straight into
+    a zero array at offset RING / 2 (the offset it halved to) rather than padding the
+    full-resolution region by 2^depth pixels up front or copying each level into a padded one.
+    Nothing nonzero reaches more than one pixel past the footprint at any level (the 5-tap filter
+    spreads by two pixels, the subsampling halves that), so a 2-pixel ring around it holds all of
+    it."""
 
     RING = 4
 
     def __init__(self, region: np.ndarray, depth: int):
         self.h, self.w = region.shape
         r = self.RING
-        self.depth, self.levels = depth, [cv2.copyMakeBorder(region, r, r, r, r, cv2.BORDER_CONSTANT, value=0)]
+        padded = np.zeros((self.h + 2 * r, self.w + 2 * r), np.float32)
+        padded[r:r + self.h, r:r + self.w] = region
+        self.depth, self.levels = depth, [padded]
         for _ in range(depth):
-            down = cv2.pyrDown(self.levels[-1])  # 5-tap binomial (variance 1), every other pixel
-            self.levels.append(cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0))
+            src = self.levels[-1]
+            dh, dw = (src.shape[0] + 1) // 2, (src.shape[1] + 1) // 2
+            down = np.zeros((dh + r, dw + r), np.float32)
+            # 5-tap binomial (variance 1), every other pixel, written in place
+            cv2.pyrDown(src, dst=down[r // 2:r // 2 + dh, r // 2:r // 2 + dw])
+            self.levels.append(down)
+
+    def region(self) -> np.ndarray:
+        """The full-resolution region as float32 (a view of level 0)."""
+        r = self.RING
+        return self.levels[0][r:r + self.h, r:r + self.w]
 
     def upsampled(self, k: int, small_kernel: np.ndarray) -> np.ndarray:
         """Level k blurred with `small_kernel` (see _reduced_kernel), back at full resolution."""
@@ -107,7 +119,7 @@ class _Pyramid:
         o = self.RING
         field = self.levels[k][o - 2:o + hs + 2, o - 2:o + ws + 2]  # the region and its 2-pixel ring
         # The reduced Gaussian's zero border stands for the zeros past the ring.
-        field = cv2.sepFilter2D(np.ascontiguousarray(field), cv2.CV_32F, small_kernel, small_kernel,
+        field = cv2.sepFilter2D(field, cv2.CV_32F, small_kernel, small_kernel,
                                 borderType=cv2.BORDER_CONSTANT)
         # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
         # reaches the outermost pixel, which the crop drops): nothing past the ring is upsampled.
@@ -159,8 +171,8 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     S = schedule.num_levels - 1
     old_region, copied = copy if copy is not None else (None, {})
     depth, steps, blurs = _ladder_plan(schedule, max(region.shape), reduce, tuple(copied.items()))
-    region_f = region.astype(np.float32) if blurs else None
-    pyramid = _Pyramid(region_f, depth) if depth else None  # shared by every reduced blur
+    pyramid = _Pyramid(region, depth) if depth else None  # shared by every reduced blur
+    region_f = (pyramid.region() if pyramid else region.astype(np.float32)) if blurs else None
     rmap = np.full(region.shape, S, np.uint8)
     # Each level is written where its mask holds, from S - 1 down, so that a pixel keeps its smallest
     # level (the join). OpenCV's masked copy does it about 4x faster than numpy's boolean indexing;
