@@ -26,6 +26,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -241,9 +242,10 @@ def beam_floor(src: str, out: str, beam_args: list[str]) -> None:
 
 
 def beam_jobs(src: str, work: str, schedule_arg: str, cfg_flags: list[str], beam_args: list[str], tag: str,
-              repeat: int) -> dict[str, float]:
-    """Best of `repeat` wall-clock runs of each whole job, the jobs interleaved (remask, shard, copy,
-    floor, then again) so that none of them alone meets a cold or a busy machine."""
+              repeat: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(best of `repeat` wall-clock runs of each whole job, every round's times). The jobs are
+    interleaved (remask, shard, copy, floor, then again) so that none of them alone meets a cold or
+    a busy machine."""
     from smartbrush.pipeline.commands.build import run_shard
     from smartbrush.pipeline.commands.remask import run as run_remask
 
@@ -254,15 +256,26 @@ def beam_jobs(src: str, work: str, schedule_arg: str, cfg_flags: list[str], beam
         "copy": lambda out: beam_copy(src, out, beam_args),
         "runner floor": lambda out: beam_floor(src, out, beam_args),
     }
-    times = {name: float("inf") for name in jobs}
+    rounds = []
     for _ in range(repeat):
+        rounds.append({})
         for name, job in jobs.items():
             out = os.path.join(work, f"beam-{tag}-{name.split()[0]}")
             t = time.perf_counter()
             job(out)
-            times[name] = min(times[name], time.perf_counter() - t)
+            rounds[-1][name] = time.perf_counter() - t
             shutil.rmtree(out, ignore_errors=True)
-    return times
+    return {name: min(r[name] for r in rounds) for name in jobs}, rounds
+
+
+def report_rounds(rounds: list[dict[str, float]]) -> None:
+    """remask against shard within each round (the two ran back to back): how much of the best-of
+    ratio is the machine's speed from one minute to the next."""
+    ratios = sorted(r["rebuild (shard)"] / r["remask"] for r in rounds)
+    remask = sorted(r["remask"] for r in rounds)
+    print(f"  per round: remask {remask[0]:.2f}-{remask[-1]:.2f} s (median {statistics.median(remask):.2f}); "
+          f"remask vs rebuild {ratios[0]:.2f}-{ratios[-1]:.2f}x (median {statistics.median(ratios):.2f}x) "
+          f"over {len(rounds)} rounds")
 
 
 # Targets (issue 9): per instance, one process: remask >= 4x faster than the rebuild and within 2.5x
@@ -348,10 +361,12 @@ def main() -> int:
             modes = [m.strip() for m in args.beam_modes.split(",")]
             for mode in modes:
                 beam_args = BEAM_MODES[mode]
-                times = beam_jobs(src, work, args.schedule, cfg_flags, beam_args, mode.split()[0], args.beam_repeat)
+                times, rounds = beam_jobs(src, work, args.schedule, cfg_flags, beam_args, mode.split()[0],
+                                          args.beam_repeat)
                 two = mode.startswith("2 workers")
                 report(f"beam jobs, {mode} (wall-clock of the whole command, runner start-up included)", times, n,
                        TARGET_COMMANDS_2_WORKERS if two else None, None)
+                report_rounds(rounds)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
