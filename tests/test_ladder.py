@@ -10,8 +10,8 @@ from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.crop import choose_crop_window, crop_mask
 from smartbrush.pipeline.render.images import read_header
-from smartbrush.pipeline.render.ladder import (blur_parameters, levels_from_map, map_from_levels, reference_ladder,
-                                               render_ladder, render_level_map)
+from smartbrush.pipeline.render.ladder import (_Pyramid, blur_parameters, levels_from_map, map_from_levels,
+                                               reference_ladder, render_ladder, render_level_map)
 from smartbrush.pipeline.render.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
                                               segmentation_to_rle)
 from smartbrush.schemas.mask_schedule import Level, from_dict
@@ -81,8 +81,6 @@ def test_region_blur_equals_whole_image_blur():
 def test_pyramid_levels_are_pyrdown_of_the_zero_padded_region():
     # Each level is pyrDown written in place into a zero array: the same values as pyrDown of the
     # previous level padded with zeros, and zero around the footprint (what the upsampling reads).
-    from smartbrush.pipeline.render.ladder import _Pyramid
-
     region = np.random.default_rng(0).random((37, 52)) > 0.4
     pyramid = _Pyramid(region, 3)
     r = _Pyramid.RING
