@@ -98,7 +98,7 @@ class _Pyramid:
         r = self.RING
         padded = np.zeros((self.h + 2 * r, self.w + 2 * r), np.float32)
         padded[r:r + self.h, r:r + self.w] = region
-        self.depth, self.levels = depth, [padded]
+        self.levels = [padded]
         for _ in range(depth):
             src = self.levels[-1]
             dh, dw = (src.shape[0] + 1) // 2, (src.shape[1] + 1) // 2
