@@ -19,8 +19,8 @@ from smartbrush.config import RenderConfig  # noqa: E402
 from smartbrush.pipeline.render.ladder import render_ladder, render_level_map, unchanged_levels  # noqa: E402
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
-from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, new_json, readable_keys,  # noqa: E402
-                                              remask_sample, remask_samples, remask_shard)
+from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, input_schedule, new_json,  # noqa: E402
+                                              readable_keys, remask_sample, remask_samples, remask_shard)
 from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map,  # noqa: E402
                                                 encode_masks_v1, render_sample, sample_mask, sample_masks)
 from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
@@ -76,6 +76,24 @@ def test_remask_sample_changes_only_masks_and_the_schedule():
     np.testing.assert_array_equal(decode_level_map(out[LEVELS]), expected_map)
     assert out["json"] == encode_json({**_meta("coco_val_1_2", SMARTBRUSH), "mask_schedule": EXACT_BOX.to_json()})
 
+
+def test_a_known_input_schedule_is_used_only_for_an_equal_value():
+    """input_schedule and new_json remember schedules by their json's "hash" but check the whole
+    value: a sample whose levels differ under the same hash gets its own schedule and its own bytes."""
+    meta = _meta("k", SMARTBRUSH)
+    assert input_schedule(meta).levels == SMARTBRUSH.levels
+    edited = json.loads(encode_json(meta))
+    edited["mask_schedule"]["levels"][1]["sigma"] = 0.05  # same hash, another schedule
+    assert edited["mask_schedule"]["hash"] == meta["mask_schedule"]["hash"]
+    assert input_schedule(edited).levels[1].sigma == 0.05
+    assert input_schedule(meta).levels == SMARTBRUSH.levels  # the first one is still known, unchanged
+    raw = encode_json(edited)
+    assert new_json(raw, json.loads(raw), FINE) == encode_json({**edited, "mask_schedule": FINE.to_json()})
+    # A value that equals the known one but is written differently inside is parsed, and kept apart.
+    loose = encode_json({k: v for k, v in meta.items() if k != "mask_schedule"})[:-1] + (
+        b',"mask_schedule":' + json.dumps(meta["mask_schedule"], separators=(", ", ": ")).encode() + b"}")
+    assert new_json(loose, json.loads(loose), FINE) == loose[:loose.index(b'"mask_schedule":') + 16] + (
+        encode_json(FINE.to_json()) + b"}")
 
 def test_new_json_replaces_only_the_schedule_value():
     meta = {**_meta("k", SMARTBRUSH), "captions": [{"text": 'a "mask_schedule": cup, caf\u00e9', "model": "label"}]}
