@@ -10,8 +10,10 @@ from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.crop import choose_crop_window, crop_mask
 from smartbrush.pipeline.render.images import read_header
-from smartbrush.pipeline.render.ladder import (_Pyramid, blur_parameters, levels_from_map, map_from_levels,
-                                               reference_ladder, render_ladder, render_level_map)
+from smartbrush.pipeline.render import ladder
+from smartbrush.pipeline.render.ladder import (_Pyramid, _ladder_plan, blur_parameters, certain_rows, levels_from_map,
+                                               map_from_levels, reference_ladder, render_ladder, render_level_map,
+                                               render_region_map)
 from smartbrush.pipeline.render.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
                                               segmentation_to_rle)
 from smartbrush.schemas.mask_schedule import Level, from_dict
@@ -91,6 +93,48 @@ def test_pyramid_levels_are_pyrdown_of_the_zero_padded_region():
         expected = cv2.copyMakeBorder(down, r // 2, r // 2, r // 2, r // 2, cv2.BORDER_CONSTANT, value=0)
         assert down.any() and np.array_equal(level, expected)
 
+
+
+def _large_regions():
+    """Tight-box regions of ROWS_MIN_AREA pixels or more: the shapes above and an annulus."""
+    ring = np.zeros((512, 512), np.uint8)
+    cv2.circle(ring, (250, 260), 200, 1, 40)
+    for mask in [*shapes(), ring.astype(bool)]:
+        x0, y0, x1, y1 = mask_box(mask)
+        if (x1 - x0) * (y1 - y0) >= ladder.ROWS_MIN_AREA:
+            yield mask[y0:y1, x0:x1]
+
+
+@pytest.mark.parametrize("preset", ["smartbrush", "smartbrush-fine", "pixels"])
+def test_certain_rows_are_inside_in_the_whole_pyrup(preset):
+    # The rows decided without the last pyrUp are above the threshold at every pixel of it, and
+    # the wide blurs of a large box do have such rows (the shortcut is taken).
+    schedule = load_schedule(preset)
+    decided = 0
+    for region in _large_regions():
+        h, w = region.shape
+        depth, steps, _ = _ladder_plan(schedule, max(h, w), True, ())
+        pyramid = _Pyramid(region, depth)
+        for _, _, threshold, levels_down, kernel in steps:
+            if not levels_down:
+                continue
+            half = pyramid.half(levels_down, kernel)
+            field = cv2.pyrUp(half)[4:4 + h, 4:4 + w]
+            for a, b in certain_rows(half, h, w, threshold):
+                assert b - a >= 2 * ladder.CERTAIN_RUN or b == h
+                assert field[a:b].min() > threshold
+                decided += b - a
+    assert decided > 0
+
+
+@pytest.mark.parametrize("preset", ["smartbrush", "smartbrush-fine", "pixels"])
+def test_rows_decided_early_give_the_map_of_whole_pyrups(preset, monkeypatch):
+    schedule = load_schedule(preset)
+    regions = list(_large_regions())
+    fast = [render_region_map(r, schedule) for r in regions]
+    monkeypatch.setattr(ladder, "ROWS_MIN_AREA", 10 ** 12)  # every level through one whole pyrUp
+    for region, got in zip(regions, fast):
+        assert np.array_equal(got, render_region_map(region, schedule))
 
 def test_blur_parameters():
     assert blur_parameters(Level("blur", sigma=0.1, units="relative", threshold=0.05), 200) == (20.0, 121)

@@ -19,6 +19,9 @@ smallest s whose mask contains it, OUTSIDE = 255 outside the box; see schemas/sh
   the binomial prefilter does not move thin structures to block centres, so thin objects keep their
   contour. The pyramid is built once per ladder and shared by its blurs; only the region plus a
   2-pixel ring is blurred and upsampled at each level, never a kernel margin;
+- in a large box, rows whose every half-resolution neighbour is above the threshold are inside
+  without the last (full-resolution) pyrUp, which is a convex combination of those neighbours: the
+  wide blurs cover most of the box, and only their other rows are upsampled (write_blur_rows);
 - the join is free: levels are written into the map from S - 1 down to 1, then the exact mask,
   so each pixel keeps the smallest level that contains it;
 - levels known from elsewhere (remask copies the levels whose definition did not change) are not
@@ -112,8 +115,9 @@ class _Pyramid:
         r = self.RING
         return self.levels[0][r:r + self.h, r:r + self.w]
 
-    def upsampled(self, k: int, small_kernel: np.ndarray) -> np.ndarray:
-        """Level k blurred with `small_kernel` (see _reduced_kernel), back at full resolution."""
+    def half(self, k: int, small_kernel: np.ndarray) -> np.ndarray:
+        """Level k (>= 1) blurred with `small_kernel` (see _reduced_kernel) and brought back up to
+        level 1, with its 2-pixel ring: one pyrUp short of full resolution (see write_blur_rows)."""
         f = 2 ** k
         hs, ws = -(-self.h // f), -(-self.w // f)
         o = self.RING
@@ -123,9 +127,60 @@ class _Pyramid:
                                 borderType=cv2.BORDER_CONSTANT)
         # Back up, keeping the region and a ring of 2 pixels at each level (pyrUp's reflected border
         # reaches the outermost pixel, which the crop drops): nothing past the ring is upsampled.
-        for _ in range(k):
+        for _ in range(k - 1):
             field = cv2.pyrUp(field)[2:-2, 2:-2]
-        return field[2:2 + self.h, 2:2 + self.w]
+        return field
+
+
+# Regions of ROWS_MIN_AREA pixels or more decide what rows they can before the last pyrUp (below it,
+# finding them costs more than it saves): runs of at least CERTAIN_RUN half-resolution rows whose
+# values are at least CERTAIN above the threshold (pyrUp's rounding moves values by about 1e-7 on
+# fields in [0, 1]).
+ROWS_MIN_AREA = 50_000
+CERTAIN_RUN = 8
+CERTAIN = 1e-4
+
+
+def certain_rows(half: np.ndarray, h: int, w: int, threshold: float) -> list[tuple[int, int]]:
+    """[a, b) runs of the h x w region's rows that are above `threshold` at every pixel of
+    pyrUp(half), known from `half` alone (see _Pyramid.half; region pixel (y, x) is pixel
+    (y + 4, x + 4) of pyrUp(half), past both levels' rings).
+
+    Each pyrUp output is a convex combination of the half-resolution pixels within one row and one
+    column of it: full rows 2j and 2j + 1 draw on half rows j + 1 .. j + 3, and the region's columns
+    on every half column but the outermost one on each side."""
+    hs, ws = (h + 1) // 2, (w + 1) // 2
+    row_min = cv2.reduce(half[:hs + 4, 1:ws + 3], 1, cv2.REDUCE_MIN)[:, 0]
+    low = np.minimum(np.minimum(row_min[1:hs + 1], row_min[2:hs + 2]), row_min[3:hs + 3])
+    certain = low > threshold + CERTAIN
+    edges = (np.flatnonzero(certain[1:] != certain[:-1]) + 1).tolist()  # where runs start and end
+    if certain[0]:
+        edges.insert(0, 0)
+    if certain[-1]:
+        edges.append(hs)
+    return [(2 * j0, min(2 * j1, h)) for j0, j1 in zip(edges[::2], edges[1::2]) if j1 - j0 >= CERTAIN_RUN]
+
+
+def write_blur_rows(rmap: np.ndarray, plane: np.ndarray, half: np.ndarray, threshold: float, k: int) -> None:
+    """Write level k into the region's map where pyrUp(half) > threshold, upsampling only the rows
+    that certain_rows leaves open (the wide blurs cover most of a large box: most of their rows are
+    certain). The values are those of a whole pyrUp: full rows a .. b - 1 draw on half rows
+    a // 2 + 1 .. (b + 1) // 2 + 2, and pyrUp of those alone gives them at its rows 2 .. b - a + 1
+    (its reflected borders reach only its first two and last two rows)."""
+    h, w = rmap.shape
+    open_rows, at = [], 0
+    for a, b in certain_rows(half, h, w, threshold):
+        rmap[a:b] = k
+        if a > at:
+            open_rows.append((at, a))
+        at = b
+    if at < h:
+        open_rows.append((at, h))
+    for a, b in open_rows:
+        up = cv2.pyrUp(half[a // 2 + 1:(b + 1) // 2 + 3])[2:2 + b - a, 4:4 + w]
+        rows = plane[a:b]
+        rows.fill(k)
+        cv2.copyTo(rows, np.greater(up, threshold).view(np.uint8), rmap[a:b])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -178,11 +233,17 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
     # level (the join). OpenCV's masked copy does it about 4x faster than numpy's boolean indexing;
     # numpy's comparison of a float field with a scalar is about 3x faster than OpenCV's.
     plane = np.empty_like(rmap)
+    h, w = region.shape
+    by_rows = h * w >= ROWS_MIN_AREA
     for k, old_level, threshold, levels_down, kernel in steps:
         if old_level is not None:
             inside = cv2.compare(old_region, old_level, cv2.CMP_LE)
         elif levels_down:
-            inside = np.greater(pyramid.upsampled(levels_down, kernel), threshold).view(np.uint8)
+            half = pyramid.half(levels_down, kernel)
+            if by_rows:
+                write_blur_rows(rmap, plane, half, threshold, k)
+                continue
+            inside = np.greater(cv2.pyrUp(half)[4:4 + h, 4:4 + w], threshold).view(np.uint8)
         else:
             field = cv2.sepFilter2D(region_f, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
             inside = np.greater(field, threshold).view(np.uint8)
