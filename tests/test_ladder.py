@@ -94,7 +94,6 @@ def test_pyramid_levels_are_pyrdown_of_the_zero_padded_region():
         assert down.any() and np.array_equal(level, expected)
 
 
-
 def _large_regions():
     """Tight-box regions of ROWS_MIN_AREA pixels or more: the shapes above and an annulus."""
     ring = np.zeros((512, 512), np.uint8)
@@ -135,6 +134,7 @@ def test_rows_decided_early_give_the_map_of_whole_pyrups(preset, monkeypatch):
     monkeypatch.setattr(ladder, "ROWS_MIN_AREA", 10 ** 12)  # every level through one whole pyrUp
     for region, got in zip(regions, fast):
         assert np.array_equal(got, render_region_map(region, schedule))
+
 
 def test_blur_parameters():
     assert blur_parameters(Level("blur", sigma=0.1, units="relative", threshold=0.05), 200) == (20.0, 121)

@@ -89,11 +89,12 @@ def test_a_known_input_schedule_is_used_only_for_an_equal_value():
     assert input_schedule(meta).levels == SMARTBRUSH.levels  # the first one is still known, unchanged
     raw = encode_json(edited)
     assert new_json(raw, json.loads(raw), FINE) == encode_json({**edited, "mask_schedule": FINE.to_json()})
-    # A value that equals the known one but is written differently inside is parsed, and kept apart.
+    # The known value written with other spacing: parsed, and only its bytes replaced.
     loose = encode_json({k: v for k, v in meta.items() if k != "mask_schedule"})[:-1] + (
         b',"mask_schedule":' + json.dumps(meta["mask_schedule"], separators=(", ", ": ")).encode() + b"}")
     assert new_json(loose, json.loads(loose), FINE) == loose[:loose.index(b'"mask_schedule":') + 16] + (
         encode_json(FINE.to_json()) + b"}")
+
 
 def test_new_json_replaces_only_the_schedule_value():
     meta = {**_meta("k", SMARTBRUSH), "captions": [{"text": 'a "mask_schedule": cup, caf\u00e9', "model": "label"}]}

@@ -250,7 +250,7 @@ def input_schedule(meta: dict) -> MaskSchedule:
     if schedule.num_levels > shard_sample.MAX_LEVELS:
         raise RecordError(SAMPLE_INVALID, f"{schedule.num_levels} levels, at most {shard_sample.MAX_LEVELS}")
     key = value.get("hash")
-    if isinstance(key, str) and len(_INPUT_SCHEDULES) < _MAX_INPUT_SCHEDULES:
+    if isinstance(key, str) and key not in _INPUT_SCHEDULES and len(_INPUT_SCHEDULES) < _MAX_INPUT_SCHEDULES:
         text = encode_json(value).decode("utf-8")
         _INPUT_SCHEDULES[key] = _InputSchedule(json.loads(text), text, schedule)  # a copy: callers own `value`
     return schedule
