@@ -1,5 +1,6 @@
 """Remask throughput against (a) a full `shard` rebuild from the instance table and (b) a plain
-tar-to-tar copy of the same shards through remask's own reader and writer (the I/O floor), on shards built from coco_val2017_tiny.
+tar-to-tar copy of the same shards through remask's own reader and writer (the I/O floor), on
+shards built from coco_val2017_tiny.
 
 Two views, both measured in this run:
   per-element  one process, no Beam: the work each job does per shard / per image, timed alone
@@ -92,13 +93,13 @@ def per_element_remask(src: str, out: str, schedule) -> int:
 def copy_shard(src: str, out: str, entry: dict) -> int:
     """The copy floor for one shard: remask's own reader (read, CRC-32 check, tar parse:
     pipeline/render/remask.py) and its writer (tar, sha256 + CRC-32, atomic file), no mask work.
-    Earlier sessions read the copy's shards through webdataset, about 1.5x slower than remask's reader
-    on these shards, which made the floor higher and remask's ratio to it look better."""
+    Not webdataset's reader: it is about 1.5x slower on these shards and would raise the floor."""
     from smartbrush.pipeline.render.remask import read_input_shard
     from smartbrush.pipeline.storage.shards import write_shard
 
     samples, rejected = read_input_shard(src, entry)
-    assert samples is not None, rejected
+    if samples is None:
+        raise RuntimeError(f"{entry['name']}: {rejected[0]['reason']}: {rejected[0]['detail']}")
     members = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
     return write_shard(out, entry["name"], members)[0]["samples"]
 
