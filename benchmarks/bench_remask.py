@@ -17,7 +17,9 @@ per instance in one process, remask at least 4x faster than the rebuild and with
 the whole `smartbrush remask` with 2 workers at least 3x faster than the whole `smartbrush shard`
 to the same schedule from the same instance table. The Beam section also times the local
 runner's own cost for a job of remask's shape (a DoFn that does nothing per shard), which bounds
-how much faster than the rebuild any such job can be at a given size.
+how much faster than the rebuild any such job can be at a given size. The per-element section also
+times the OpenCV passes a ladder that decides each blur level at full resolution cannot avoid, each
+on its own over all the boxes: a lower bound on such a ladder (docs/remask.md).
 """
 
 from __future__ import annotations
@@ -185,6 +187,52 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         step("sha256 + CRC-32 of the output", t)
         n += len(samples)
     return {k: 1000 * v / n for k, v in steps.items()}
+
+
+def ladder_pass_floor(src: str, schedule) -> dict[str, float]:
+    """Microseconds per instance, over the source's boxes, of the OpenCV passes any ladder of this
+    definition makes when it decides each blur level at full resolution: per blur level one pyrUp of
+    a half-resolution field to the box, a threshold and a masked write; once the exact mask's
+    conversion to float32, its first pyrDown and its masked write. Each pass is timed over all boxes
+    on its own (no reduced-resolution work, no other call), so the sum is what such a ladder costs at
+    the least; render_region_map skips some rows of large boxes and pays for the rest."""
+    import timeit
+
+    import cv2
+    import numpy as np
+
+    from smartbrush.pipeline.render.remask import parse_tar
+    from smartbrush.pipeline.render.samples import decode_level_map_box_rows
+
+    exact = []
+    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+        for s in parse_tar(open(os.path.join(src, entry["name"]), "rb").read(), entry["name"]):
+            rows, _, _ = decode_level_map_box_rows(s["levels.png"])
+            x0, _, x1, _ = json.loads(s["json"])["box_crop_xyxy"]
+            exact.append(np.ascontiguousarray(rows[:, x0:x1] == 0))
+    padded = [np.zeros((e.shape[0] + 8, e.shape[1] + 8), np.float32) for e in exact]
+    halves = [np.zeros(((e.shape[0] + 1) // 2 + 4, (e.shape[1] + 1) // 2 + 4), np.float32) for e in exact]
+    fields = [np.zeros(e.shape, np.float32) for e in exact]
+    maps = [np.zeros(e.shape, np.uint8) for e in exact]
+
+    def per_box(fn, args) -> float:
+        def run():
+            for a in args:
+                fn(*a)  # the result is dropped at once, as in the ladder (no heap growth)
+        return min(timeit.repeat(run, number=1, repeat=3)) / len(exact) * 1e6
+
+    steps = {
+        "exact mask to float32": per_box(lambda p, e: np.copyto(p[4:-4, 4:-4], e), list(zip(padded, exact))),
+        "first pyrDown": per_box(cv2.pyrDown, [(p,) for p in padded]),
+        "pyrUp to the box, per level": per_box(cv2.pyrUp, [(h,) for h in halves]),
+        "threshold, per level": per_box(lambda f: np.greater(f, 0.05), [(f,) for f in fields]),
+        "masked write, per level": per_box(lambda m, e: cv2.copyTo(m, e.view(np.uint8), m), list(zip(maps, exact))),
+    }
+    blurs = schedule.num_levels - 2
+    steps["sum"] = (steps["exact mask to float32"] + steps["first pyrDown"] + steps["masked write, per level"]
+                    + blurs * (steps["pyrUp to the box, per level"] + steps["threshold, per level"]
+                               + steps["masked write, per level"]))
+    return steps
 
 
 def timed_interleaved(jobs: dict, repeat: int, work: str) -> dict[str, tuple[float, int]]:
@@ -362,6 +410,11 @@ def main() -> int:
         print("\nwhere remask's time goes (ms per instance, one process):")
         for step, ms in remask_breakdown(src, schedule).items():
             print(f"  {step:<18} {ms:6.2f}")
+        floor = ladder_pass_floor(src, schedule)
+        print(f"\nthe ladder's full-resolution passes alone (us per instance, {schedule.num_levels - 2} blur levels; "
+              "the least a ladder that decides each level at full resolution costs):")
+        for step, us in floor.items():
+            print(f"  {step:<28} {us:6.1f}")
         if not args.no_beam:
             modes = [m.strip() for m in args.beam_modes.split(",")]
             for mode in modes:
