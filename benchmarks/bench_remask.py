@@ -45,6 +45,16 @@ BEAM_MODES = {
 }
 
 
+def load_manifest(shard_dir: str) -> dict:
+    with open(os.path.join(shard_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def scaled_coco(data_dir: str, work: str, scale: int) -> tuple[str, str]:
     """(annotations JSON, images folder) holding `scale` copies of the dataset under new ids."""
     ann_path = os.path.join(data_dir, "annotations", "instances_val2017.json")
@@ -87,7 +97,7 @@ def per_element_remask(src: str, out: str, schedule) -> int:
 
     os.makedirs(out)
     n = 0
-    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+    for entry in load_manifest(src)["shards"]:
         n += remask_shard(src, out, entry, schedule).info["samples"]
     return n
 
@@ -108,7 +118,7 @@ def copy_shard(src: str, out: str, entry: dict) -> int:
 
 def per_element_copy(src: str, out: str, _schedule) -> int:
     os.makedirs(out)
-    return sum(copy_shard(src, out, entry) for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"])
+    return sum(copy_shard(src, out, entry) for entry in load_manifest(src)["shards"])
 
 
 def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
@@ -150,7 +160,7 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         steps[name] += time.perf_counter() - t
         return time.perf_counter()
 
-    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
+    for entry in load_manifest(src)["shards"]:
         t = time.perf_counter()
         with open(os.path.join(src, entry["name"]), "rb") as f:
             data = f.read()
@@ -205,8 +215,8 @@ def ladder_pass_floor(src: str, schedule) -> dict[str, float]:
     from smartbrush.pipeline.render.samples import decode_level_map_box_rows
 
     exact = []
-    for entry in json.load(open(os.path.join(src, "manifest.json")))["shards"]:
-        for s in parse_tar(open(os.path.join(src, entry["name"]), "rb").read(), entry["name"]):
+    for entry in load_manifest(src)["shards"]:
+        for s in parse_tar(read_bytes(os.path.join(src, entry["name"])), entry["name"]):
             rows, _, _ = decode_level_map_box_rows(s["levels.png"])
             x0, _, x1, _ = json.loads(s["json"])["box_crop_xyxy"]
             exact.append(np.ascontiguousarray(rows[:, x0:x1] == 0))
@@ -262,7 +272,7 @@ def beam_copy(src: str, out: str, beam_args: list[str]) -> None:
         def process(self, entry):
             yield copy_shard(src, out, entry)
 
-    entries = sorted(json.load(open(os.path.join(src, "manifest.json")))["shards"], key=lambda e: e["name"])
+    entries = sorted(load_manifest(src)["shards"], key=lambda e: e["name"])
     os.makedirs(out)
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
@@ -284,7 +294,7 @@ def beam_floor(src: str, out: str, beam_args: list[str]) -> None:
         def process(self, name):
             yield {"name": name}
 
-    names = sorted(s["name"] for s in json.load(open(os.path.join(src, "manifest.json")))["shards"])
+    names = sorted(s["name"] for s in load_manifest(src)["shards"])
     options, runner = pipeline_options(beam_args)
     p = beam.Pipeline(runner=runner, options=options)
     done = p | beam.Create(names, reshuffle=True) | beam.ParDo(Nothing())
@@ -387,7 +397,7 @@ def main() -> int:
             shutil.rmtree(src)
         ann, images = scaled_coco(args.data, work, args.scale)
         build_s = build_source(ann, images, src, cfg_flags + ["--schedule", "smartbrush"])
-        manifest = json.load(open(os.path.join(src, "manifest.json")))
+        manifest = load_manifest(src)
         n = manifest["counts"]["written"]
         print(f"source: {n} instances in {len(manifest['shards'])} shards at R={args.resolution} "
               f"(schedule smartbrush, S=4), built in {build_s:.1f} s; remask to {args.schedule}; "
