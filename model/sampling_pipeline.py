@@ -7,13 +7,22 @@ as `class_labels`. diffusers' `StableDiffusionInpaintPipeline` cannot run it: it
 channel to the scheduler. Here the first four channels are the noise prediction and the fifth the
 object-mask logit.
 
+The UNet sees what training shows it (model/inputs.py, shared with train/): the given mask max-pooled
+to latent size, the masked image's latents (the VAE posterior's mode) and, outside the given mask, the
+clean image latents at every step (after the scheduler's `scale_model_input`); only inside the given
+mask does it see the denoising latents.
+
 Background preservation (SmartBrush, Sec. 3.3): the known background is blended into the latents after
 every step through a blend mask (the image latents re-noised to the next timestep outside it, as
 diffusers' 4-channel inpainting path does). The blend mask is the given mask for the first
 `switch_at` fraction of the steps and then the model's predicted object mask: thresholded, optionally
 dilated, never outside the given mask. The decoded image is composited with the input in pixel space
-through the (upsampled) predicted mask with a feathered edge, so pixels outside the given mask are
-exactly the input's.
+through the (upsampled) predicted mask with a feathered edge (through the given mask when no step
+switched), so pixels outside the given mask are exactly the input's.
+
+A scheduler config with `clip_sample` missing or true, or `steps_offset` other than 1 (old SD v1
+checkpoints), is corrected as diffusers' Stable Diffusion pipelines correct it: DDIM would otherwise clip
+the predicted latents to [-1, 1].
 
     pipe = SmartBrushPipeline.from_pretrained("run/final")     # or the components
     out = pipe(image=img, mask_image=box_mask, precision=4, prompt="a dog",
@@ -36,9 +45,12 @@ from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from smartbrush.model.inputs import decode_latents, encode_latents, mask_to_latent, unet_input
 
 
 @dataclass
@@ -66,6 +78,20 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def fix_scheduler_config(scheduler) -> None:
+    """`steps_offset = 1` and `clip_sample = False` in place, as diffusers' StableDiffusionPipeline does for
+    old SD v1 scheduler configs (a config without `clip_sample` loads with the default True)."""
+    if scheduler is None:
+        return
+    new = {}
+    if getattr(scheduler.config, "steps_offset", 1) != 1:
+        new["steps_offset"] = 1
+    if getattr(scheduler.config, "clip_sample", False) is True:
+        new["clip_sample"] = False
+    if new:
+        scheduler._internal_dict = FrozenDict({**scheduler.config, **new})
+
+
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation of (N, 1, H, W) in {0, 1} by a square of side 2 * radius + 1."""
     if radius <= 0:
@@ -83,6 +109,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers):
         super().__init__()
         self._check_unet(unet)
+        fix_scheduler_config(scheduler)
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -131,15 +158,10 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         return self._switch_step
 
     def _encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        # The mode of the posterior: deterministic, so a generator only drives the diffusion noise.
-        latents = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        return encode_latents(self.vae, x)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift,
-                               return_dict=False)[0]
+        return decode_latents(self.vae, latents)
 
     def _check_inputs(self, image, mask_image, precision, steps, switch_at, mask_threshold, callback_inputs):
         if image is None or mask_image is None:
@@ -195,7 +217,8 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
                 prompt or one for all.
             switch_at: fraction of the steps after which the blend mask is the model's predicted mask
                 instead of the given one (step index `round(switch_at * num_inference_steps)`); None turns
-                the switch off (blend and composite through the given mask: the ablation).
+                the switch off (blend and composite through the given mask: the ablation), and so does
+                1.0 (no step is after the switch).
             mask_threshold: the predicted mask is `sigmoid(logit) > mask_threshold`.
             mask_dilation: dilate the predicted mask by this many pixels (latent cells: ceil(px / 8)) before
                 clipping it to the given mask.
@@ -215,6 +238,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._switch_step = None
+        fix_scheduler_config(self.scheduler)  # also when a scheduler was swapped in after construction
 
         if prompt is not None and isinstance(prompt, str):
             batch_size = 1
@@ -245,7 +269,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         image_latents = self._encode_latents(init_image).to(dtype)
         masked_image_latents = self._encode_latents(masked_image).to(dtype)
         lh, lw = image_latents.shape[-2:]
-        mask = F.interpolate(given, size=(lh, lw)).to(dtype)  # nearest, as diffusers' inpainting pipeline
+        mask = mask_to_latent(given, (lh, lw)).to(dtype)
         levels = torch.tensor([precision] * batch_size if isinstance(precision, int) else list(precision),
                               device=device, dtype=torch.long)
         if levels.numel() != batch_size:
@@ -265,6 +289,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         switch_step = None if switch_at is None else int(round(switch_at * len(timesteps)))
         cond_mask = torch.cat([mask] * 2) if self.do_classifier_free_guidance else mask
         cond_masked = torch.cat([masked_image_latents] * 2) if self.do_classifier_free_guidance else masked_image_latents
+        cond_image = torch.cat([image_latents] * 2) if self.do_classifier_free_guidance else image_latents
         class_labels = torch.cat([levels] * 2) if self.do_classifier_free_guidance else levels
         latent_dilation = int(math.ceil(mask_dilation / self.vae_scale_factor)) if mask_dilation > 0 else 0
         blend_mask = mask
@@ -274,8 +299,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 x = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                x = self.scheduler.scale_model_input(x, t)
-                x = torch.cat([x, cond_mask, cond_masked], dim=1)
+                x = unet_input(self.scheduler.scale_model_input(x, t), cond_mask, cond_masked, cond_image)
                 out = self.unet(x, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False)[0]
                 noise_pred, logits = out[:, :4], out[:, 4:5]
                 if self.do_classifier_free_guidance:
@@ -316,7 +340,7 @@ class SmartBrushPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             decoded = self._decode(latents).float()
             if composite:
-                through = given if switch_step is None else pred_mask
+                through = given if self._switch_step is None else pred_mask
                 alpha = _gaussian_blur(through, feather) * given  # feathered inside the given mask, 0 outside
                 decoded = alpha * decoded.clamp(-1, 1) + (1 - alpha) * init_image
             images = self.image_processor.postprocess(decoded, output_type=output_type)

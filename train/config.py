@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 10000
     gradient_accumulation_steps: int = 1
+    # > 0: samples per optimizer step over all processes; gradient_accumulation_steps is then derived as
+    # global_batch_size / (data.batch_size x processes) at start (an error when it does not divide)
+    global_batch_size: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     use_ema: bool = False
@@ -88,6 +91,8 @@ def load_train_config(preset_or_path: str, overrides: dict | None = None) -> Tra
         raise ValueError(f"{where}.data: p_inpainting, p_label in [0, 1] and text_dropout in [0, 1) required")
     if cfg.max_steps < 1 or cfg.data.batch_size < 1 or cfg.gradient_accumulation_steps < 1:
         raise ValueError(f"{where}: max_steps, data.batch_size and gradient_accumulation_steps >= 1 required")
+    if cfg.global_batch_size < 0 or cfg.global_batch_size % cfg.data.batch_size:
+        raise ValueError(f"{where}.global_batch_size: 0 or a multiple of data.batch_size ({cfg.data.batch_size})")
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import time
 
 import torch
 
+from smartbrush.model.inputs import encode_latents, unet_input
 from smartbrush.model.unet import smartbrush_unet_from_pretrained, split_output
 from smartbrush.schemas import training_run
 from smartbrush.train.config import TrainConfig, to_yaml
@@ -64,27 +66,31 @@ class Components:
 
 
 def forward_loss(c: Components, unet, batch: dict, cfg: TrainConfig, generator: torch.Generator, device) -> tuple:
-    """(loss, parts, extras) of one micro-batch; every random draw comes from `generator`."""
+    """(loss, parts, extras) of one micro-batch; every random draw comes from `generator`. The UNet input
+    is built by model/inputs.py, as the sampler builds it: latents are the VAE posterior's mode (so the
+    background outside the mask is exactly what sampling preserves), the mask is max-pooled to latent
+    size, and noise is added only inside it."""
     image, mask, exact = to_model_inputs(batch, device)
     prompts = drop_text(batch["text"], cfg.data.text_dropout, generator)
     ids = c.tokenizer(prompts, padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.to(device)
-    sf = c.vae.config.scaling_factor
     with torch.no_grad():
         text = c.text_encoder(ids)[0]
-        latents = c.vae.encode(image).latent_dist.sample(generator) * sf
-        masked = c.vae.encode(image * (mask < 0.5)).latent_dist.sample(generator) * sf
+        latents = encode_latents(c.vae, image)
+        masked = encode_latents(c.vae, image * (mask < 0.5))
     size = latents.shape[-2:]
     m, m_exact = mask_to_latent(mask, size), mask_to_latent(exact, size)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     t = torch.randint(0, c.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     x_t = masked_noising(latents, noise, m, t, c.scheduler)
-    out = unet(torch.cat([x_t, m, masked], 1), t, text, class_labels=batch["level"].to(device)).sample
+    x = unet_input(x_t, m, masked, latents)
+    out = unet(x, t, text, class_labels=batch["level"].to(device)).sample
     noise_pred, logit = split_output(out)
     target = noise if c.scheduler.config.prediction_type == "epsilon" else c.scheduler.get_velocity(latents, noise, t)
     loss, parts = smartbrush_loss(noise_pred.float(), target.float(), m, logit.float(), m_exact,
                                   batch["is_inpainting"].to(device), cfg.dice_weight)
-    return loss, parts, {"logit": logit.detach(), "latent_mask": m, "exact": m_exact, "t": t}
+    return loss, parts, {"logit": logit.detach(), "latent_mask": m, "exact": m_exact, "t": t, "unet_input": x,
+                         "text_embeds": text}
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -167,7 +173,10 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from accelerate import PartialState
+
     num_levels = check_shard_sets(inpainting, text_to_image, cfg.model.num_levels or None)
+    cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation_steps(cfg, PartialState().num_processes))
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
@@ -187,7 +196,10 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
     o = cfg.optim
     optimizer = torch.optim.AdamW(unet.parameters(), lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
                                   weight_decay=o.weight_decay, eps=o.adam_epsilon)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
+    # The prepared scheduler steps once per process per optimizer step (accelerate's AcceleratedScheduler),
+    # so the warm-up is counted in process-steps, as diffusers' training scripts count it.
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=o.warmup_steps * accelerator.num_processes)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(device)
@@ -198,7 +210,7 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
     found = _checkpoints(out_dir)
     if found:
         step, path = found[-1]
-        accelerator.load_state(path)
+        load_checkpoint(accelerator, path, ema, device)
         _truncate_losses(losses_path, step)
         log.info("train: resumed from %s", path)
     if accelerator.is_main_process:
@@ -230,10 +242,7 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
         with accelerator.accumulate(unet):
             g = _generator(cfg.seed, rank, batch["batch_index"])
             loss, parts, _ = forward_loss(c, unet, batch, cfg, g, device)
-            if not torch.isfinite(loss):
-                last = _checkpoints(out_dir)
-                raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1} (batch {batch['batch_index']}); "
-                                       f"stopped. Last good checkpoint: {last[-1][1] if last else 'none'}")
+            check_finite(accelerator, loss, step + 1, batch["batch_index"], out_dir)
             accelerator.backward(loss)
             if accelerator.sync_gradients and o.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(unet.parameters(), o.max_grad_norm)
@@ -273,6 +282,38 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
     return {"step": step, "final": final, "last_loss": last_loss}
 
 
+def accumulation_steps(cfg: TrainConfig, num_processes: int) -> int:
+    """Micro-steps per optimizer step: `gradient_accumulation_steps`, or, when `global_batch_size` is set,
+    global_batch_size / (data.batch_size x num_processes), which must be a whole number."""
+    if not cfg.global_batch_size:
+        return cfg.gradient_accumulation_steps
+    per_micro_step = cfg.data.batch_size * num_processes
+    if cfg.global_batch_size % per_micro_step:
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of data.batch_size "
+                         f"{cfg.data.batch_size} x {num_processes} processes")
+    return cfg.global_batch_size // per_micro_step
+
+
+def check_finite(accelerator, loss: torch.Tensor, step: int, batch_index: int, out_dir: str) -> None:
+    """Raise TrainingDiverged on every rank when the loss of any rank is NaN or infinite: one rank
+    stopping alone would leave the others waiting in the gradient all-reduce until the NCCL timeout."""
+    losses = accelerator.gather(loss.detach().float().reshape(1))
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    if bad:
+        last = _checkpoints(out_dir)
+        where = f" on rank {bad[0]}" if accelerator.num_processes > 1 else ""
+        raise TrainingDiverged(f"loss is {losses[bad[0]].item()}{where} at step {step} (batch {batch_index}); "
+                               f"stopped. Last good checkpoint: {last[-1][1] if last else 'none'}")
+
+
+def load_checkpoint(accelerator, path: str, ema, device) -> None:
+    """accelerate's load_state, then the EMA weights onto `device`: accelerate loads registered objects
+    on the CPU, and an EMA step mixing CPU and GPU tensors fails."""
+    accelerator.load_state(path)
+    if ema is not None:
+        ema.to(device)
+
+
 def save_checkpoint(accelerator, out_dir: str, step: int, limit: int) -> None:
     path = os.path.join(out_dir, f"{training_run.CHECKPOINT_PREFIX}{step}")
     accelerator.save_state(path)
@@ -282,14 +323,17 @@ def save_checkpoint(accelerator, out_dir: str, step: int, limit: int) -> None:
 
 
 def save_final(unet, ema, c: Components, final: str) -> None:
-    """RUN/final: diffusers folders that plain from_pretrained loads (EMA weights when EMA is on)."""
+    """RUN/final: a saved SmartBrushPipeline (model_index.json and diffusers folders that plain
+    from_pretrained loads; EMA weights when EMA is on). Its scheduler config is corrected as diffusers' SD
+    pipelines correct old ones (`clip_sample` false, `steps_offset` 1)."""
+    from smartbrush.model.sampling_pipeline import SmartBrushPipeline
+
     if ema is not None:
         ema.copy_to(unet.parameters())
-    unet.save_pretrained(os.path.join(final, "unet"))
-    c.vae.save_pretrained(os.path.join(final, "vae"))
-    c.text_encoder.save_pretrained(os.path.join(final, "text_encoder"))
-    c.tokenizer.save_pretrained(os.path.join(final, "tokenizer"))
-    c.scheduler.save_pretrained(os.path.join(final, "scheduler"))
+    scheduler = type(c.scheduler).from_config(c.scheduler.config)  # the training scheduler stays as it is
+    pipe = SmartBrushPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=unet,
+                              scheduler=scheduler)
+    pipe.save_pretrained(final)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -4,7 +4,8 @@ noise loss inside the mask, and a DICE loss on the predicted object mask."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from smartbrush.model.inputs import mask_to_latent  # noqa: F401  (the one pixel-to-latent mask rule)
 
 DICE_WEIGHT = 0.01
 
@@ -48,9 +49,3 @@ def drop_text(prompts: list[str], p_drop: float, generator: torch.Generator) -> 
     """Replace each prompt by "" with probability p_drop (classifier-free guidance training)."""
     draws = torch.rand(len(prompts), generator=generator)
     return ["" if d < p_drop else text for d, text in zip(draws.tolist(), prompts)]
-
-
-def mask_to_latent(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """A pixel mask [B, 1, H, W] to latent resolution: a latent cell is in the mask when any pixel of
-    it is (max pooling), so the latent mask covers the pixel mask."""
-    return F.adaptive_max_pool2d(mask.float(), latent_size)
