@@ -1,5 +1,5 @@
 """`smartbrush <verb>`: one entry point. Job verbs parse their own flags; Beam pipeline options pass
-through, and anything that is neither is an error naming it (pipeline/commands/flags.py)."""
+through, and anything that is neither is an error naming it (flags.py)."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
     import pyarrow.parquet as pq
 
     from smartbrush.pipeline.render.per_image import render_image
-    from smartbrush.pipeline.storage.shards import shard_name, write_shard
+    from smartbrush.pipeline.storage.shards import write_shard
+    from smartbrush.schemas.shard_tar import shard_name
 
     os.makedirs(out)
     rows = pq.read_table(os.path.join(src, "instances")).to_pylist()
@@ -148,10 +149,12 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
     """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
     at a time (as the job holds them)."""
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
-    from smartbrush.pipeline.render.remask import _integrity_problem, _is_ladder_of_box, input_schedule, new_json, parse_tar
+    from smartbrush.pipeline.render.remask import _is_ladder_of_box, input_schedule, new_json
+    from smartbrush.schemas.manifest import shard_problem
+    from smartbrush.schemas.shard_tar import read_samples
     from smartbrush.pipeline.storage import fileio
-    from smartbrush.pipeline.render.samples import decode_level_map_box_rows, encode_level_map_box
-    from smartbrush.pipeline.storage.shards import write_tar
+    from smartbrush.schemas.level_map import decode_level_map_box_rows, encode_level_map_box
+    from smartbrush.schemas.shard_tar import write_tar
 
     steps: dict[str, float] = defaultdict(float)
     n = 0
@@ -165,10 +168,10 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         with open(os.path.join(src, entry["name"]), "rb") as f:
             data = f.read()
         t = step("read shard", t)
-        problem = _integrity_problem(data, entry)  # size + CRC-32 (sha256 for a v1 manifest)
+        problem = shard_problem(data, entry)  # size + CRC-32 (sha256 for a v1 manifest)
         assert problem is None, problem
         t = step("check the input (CRC-32)", t)
-        samples = parse_tar(data, entry["name"])
+        samples = read_samples(data, entry["name"])
         t = step("parse tar", t)
         out = []
         for s in samples:
@@ -211,12 +214,12 @@ def ladder_pass_floor(src: str, schedule) -> dict[str, float]:
     import cv2
     import numpy as np
 
-    from smartbrush.pipeline.render.remask import parse_tar
-    from smartbrush.pipeline.render.samples import decode_level_map_box_rows
+    from smartbrush.schemas.shard_tar import read_samples
+    from smartbrush.schemas.level_map import decode_level_map_box_rows
 
     exact = []
     for entry in load_manifest(src)["shards"]:
-        for s in parse_tar(read_bytes(os.path.join(src, entry["name"])), entry["name"]):
+        for s in read_samples(read_bytes(os.path.join(src, entry["name"])), entry["name"]):
             rows, _, _ = decode_level_map_box_rows(s["levels.png"])
             x0, _, x1, _ = json.loads(s["json"])["box_crop_xyxy"]
             exact.append(np.ascontiguousarray(rows[:, x0:x1] == 0))

@@ -31,7 +31,7 @@ from smartbrush.pipeline.caption.captioners import LabelCaptioner
 from smartbrush.pipeline.render.shard_render import ShardRenderer
 from smartbrush.pipeline.sources import coco
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, shard_of
-from smartbrush.pipeline.storage.shards import shard_name
+from smartbrush.schemas.shard_tar import shard_name
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_val2017_tiny"
 COCO_TRAIN_INSTANCES, OPENIMAGES_INSTANCES = 860_001, 2_686_666

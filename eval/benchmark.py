@@ -1,27 +1,21 @@
 """Benchmark sets: an inpainting shard set built by `smartbrush build` (or `shard` / `remask`).
 
-This is the one module of eval/ that reads shard samples; masks and metadata go only through the
-sample accessors of the corpus pipeline, which know every in-shard mask encoding.
+This is the one module of eval/ that reads shard samples, through the shard format's own readers
+(schemas/), which know every in-shard mask encoding.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from smartbrush.pipeline.render.samples import sample_masks, sample_meta
-from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.pipeline.storage.shard_reader import iter_samples
-
-PROMPT_SOURCES = ("label", "caption")
+from smartbrush.schemas.manifest import read_manifest, read_manifest_bytes
+from smartbrush.schemas.shard_sample import decode_jpeg, parse_json, sample_masks, sample_meta
+from smartbrush.schemas.shard_set import iter_samples
 
 
 @dataclass
@@ -52,22 +46,17 @@ class BenchmarkSample:
         return self.meta.get("image_sha256")
 
 
-def _decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def benchmark_info(path: str) -> dict:
     """What identifies the set: its path, manifest sha256, mask schedule and sample count."""
-    manifest_path = fileio.join(path, "manifest.json")
-    if not fileio.exists(manifest_path):
+    try:
+        manifest, data = read_manifest_bytes(path)
+    except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no manifest.json (a benchmark is a shard set built by `smartbrush build`)")
-    manifest = read_manifest(path)
     if manifest.get("kind") not in (None, "inpainting"):
         raise ValueError(f"{path}: a {manifest.get('kind')!r} shard set; a benchmark is an inpainting shard set")
     return {
         "path": os.path.abspath(path) if "://" not in path else path,
-        "manifest_sha256": fileio.sha256_file(manifest_path)[1],
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
         "mask_schedule": manifest.get("mask_schedule"),
         "samples": sum(int(s["samples"]) for s in manifest["shards"]),
     }
@@ -78,16 +67,8 @@ def read_benchmark(path: str, limit: int = 0) -> list[BenchmarkSample]:
     out = []
     for raw in iter_samples(path, limit or None):
         meta = sample_meta(raw)
-        out.append(BenchmarkSample(raw["__key__"], _decode_rgb(raw["jpg"]), sample_masks(raw), meta))
+        out.append(BenchmarkSample(raw["__key__"], decode_jpeg(raw["jpg"]), sample_masks(raw), meta))
     return out
-
-
-def _json_members(shard_path: str) -> Iterator[tuple[str, bytes]]:
-    """(key, json bytes) of a tar shard, streaming past the image and mask members."""
-    with fileio.open_read(shard_path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".json"):
-                yield member.name[: -len(".json")], tar.extractfile(member).read()
 
 
 def iter_source_records(shard_set: str, kind: str | None = None) -> Iterator[dict]:
@@ -97,13 +78,13 @@ def iter_source_records(shard_set: str, kind: str | None = None) -> Iterator[dic
     source ids, and their `sha256` is the downloaded image's, so it is compared as an image hash."""
     manifest = read_manifest(shard_set)
     kind = kind or manifest.get("kind") or "inpainting"
-    for shard in manifest["shards"]:
-        for key, data in _json_members(fileio.join(shard_set, shard["name"])):
-            if kind == "inpainting":
-                meta = sample_meta({"__key__": key, "json": data})
-                yield {"key": key, "source": str(meta["source"]), "image_id": str(meta["image_id"]),
-                       "image_sha256": meta.get("image_sha256")}
-            else:
-                meta = json.loads(data)
-                yield {"key": key, "source": None, "image_id": None,
-                       "image_sha256": meta.get("image_sha256") or meta.get("sha256")}
+    for sample in iter_samples(shard_set, exts={"json"}, manifest=manifest):
+        key = sample["__key__"]
+        if kind == "inpainting":
+            meta = sample_meta(sample)
+            yield {"key": key, "source": str(meta["source"]), "image_id": str(meta["image_id"]),
+                   "image_sha256": meta.get("image_sha256")}
+        else:
+            meta = parse_json(sample["json"])
+            yield {"key": key, "source": None, "image_id": None,
+                   "image_sha256": meta.get("image_sha256") or meta.get("sha256")}

@@ -8,6 +8,7 @@ samples built by a smartbrush that records it; img2dataset's `sha256` for text-t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from smartbrush.eval.benchmark import BenchmarkSample, iter_source_records
-from smartbrush.pipeline.storage import fileio
+from smartbrush.schemas import files
+from smartbrush.schemas.manifest import read_manifest_bytes
 
 LINEAGE_FILE = "lineage.json"
 LINEAGE_SCHEMA = "smartbrush.lineage"
@@ -43,7 +45,7 @@ def read_lineage(path: str) -> dict:
 
 
 def _resolve(shard_path: str, lineage_path: str) -> str:
-    if "://" in shard_path or os.path.isabs(shard_path) or fileio.exists(shard_path):
+    if "://" in shard_path or os.path.isabs(shard_path) or files.exists(shard_path):
         return shard_path
     return os.path.join(os.path.dirname(os.path.abspath(lineage_path)), shard_path)
 
@@ -79,10 +81,12 @@ def check(checkpoint: str, samples: list[BenchmarkSample], max_listed: int = 100
     hit_keys: set[str] = set()
     for entry in lineage["shard_sets"]:
         path = _resolve(entry["path"], lineage_path)
-        if not fileio.exists(fileio.join(path, "manifest.json")):
+        try:
+            manifest_data = read_manifest_bytes(path)[1]
+        except (FileNotFoundError, ValueError):
             raise ContaminationError(f"training shard set {entry['path']} (from {lineage_path}) is not readable; "
-                                     "the contamination check cannot run (pass --allow-overlap to skip it)")
-        manifest_sha = fileio.sha256_file(fileio.join(path, "manifest.json"))[1]
+                                     "the contamination check cannot run (pass --allow-overlap to skip it)") from None
+        manifest_sha = hashlib.sha256(manifest_data).hexdigest()
         info = {"path": entry["path"], "kind": entry.get("kind"), "manifest_sha256": entry.get("manifest_sha256"),
                 "manifest_matches_lineage": manifest_sha == entry.get("manifest_sha256"), "samples_read": 0}
         for rec in tqdm(iter_source_records(path, entry.get("kind")), desc=f"contamination {os.path.basename(path)}",

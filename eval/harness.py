@@ -90,7 +90,7 @@ def level_precisions(cfg: EvalConfig, bench: dict, samples: list[BenchmarkSample
 
 def training_schedule(checkpoint: str) -> dict | None:
     """The mask schedule of the first inpainting shard set in the checkpoint's lineage, when readable."""
-    from smartbrush.pipeline.storage.manifest import read_manifest
+    from smartbrush.schemas.manifest import read_manifest
 
     path = contamination.find_lineage(checkpoint)
     if path is None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 NAME = "smartbrush.rejected"
 VERSION = 1
@@ -48,3 +51,18 @@ SCHEMA = pa.schema(
     ],
     metadata={b"smartbrush.schema": NAME.encode(), b"smartbrush.schema_version": str(VERSION).encode()},
 )
+
+
+def table_bytes(rows: list[dict]) -> bytes:
+    """rejected.parquet bytes, rows sorted so that the file is deterministic."""
+    rows = sorted(rows, key=lambda r: (r["record_id"], r["stage"], r["reason"], r["detail"]))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def parse_table(data: bytes) -> list[dict]:
+    """The rows of rejected.parquet bytes. Read on the calling thread: pyarrow's thread pool reading
+    an in-memory buffer can still be running when a short-lived process exits, which aborts it
+    ("terminate called without an active exception")."""
+    return pq.read_table(io.BytesIO(data), use_threads=False).to_pylist()

@@ -16,11 +16,22 @@ Version 2 (written by this smartbrush), members of key `instance_id`:
 Version 1 (read, not written; `smartbrush remask` converts it): one 1-bit PNG per level,
 `mask_s0.png` ... `mask_sS.png`, and json["mask_keys"] listing them (META_KEYS_V1).
 
-Readers inside smartbrush go through smartbrush.pipeline.render.samples (sample_meta, sample_masks,
-sample_mask, sample_num_levels), which read both versions.
+Every reader in smartbrush goes through the functions below (sample_meta, sample_level_map,
+sample_masks, sample_mask, sample_num_levels, sample_task), which read both versions and
+img2dataset's text-to-image samples; the level-map PNG codec is schemas/level_map.py.
 """
 
 from __future__ import annotations
+
+import io
+import json
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from smartbrush.schemas.level_map import (MAX_LEVELS, OUTSIDE, check_level_map, decode_level_map_rows,  # noqa: F401
+                                          levels_from_map, map_from_levels)
 
 NAME = "smartbrush.inpainting_sample"
 VERSION = 2
@@ -29,8 +40,6 @@ READABLE_VERSIONS = (1, 2)
 IMAGE_EXT = "jpg"
 META_EXT = "json"
 LEVELS_EXT = "levels.png"  # v2: the level map
-OUTSIDE = 255  # level-map value of pixels outside the box (outside every level)
-MAX_LEVELS = 255  # S + 1 <= 255: values 0..254 are levels, 255 is OUTSIDE
 
 
 def mask_ext(level: int) -> str:
@@ -72,3 +81,114 @@ META_KEYS = (
 META_KEYS_V1 = tuple(k for k in META_KEYS if k not in ("image_sha256", "crop_policy")) + (
     "mask_keys",  # member extensions ["mask_s0.png", ..., "mask_sS.png"], index = precision level s
 )
+
+# Tasks of a training sample: inpainting samples say so in their json; text-to-image samples are
+# img2dataset's jpg/txt/json (no "task", or "task": "text_to_image").
+TASK_INPAINTING = "inpainting"
+TASK_TEXT_TO_IMAGE = "text_to_image"
+TASKS = (TASK_INPAINTING, TASK_TEXT_TO_IMAGE)
+
+
+def encode_json(obj) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces): equal content gives equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_json(raw) -> dict:
+    """A sample's `json` member as a dict ({} when absent); bytes, text or an already parsed dict."""
+    if raw is None:
+        return {}
+    return json.loads(raw) if isinstance(raw, (bytes, bytearray, str)) else dict(raw)
+
+
+def sample_task(sample: dict) -> str:
+    task = parse_json(sample.get(META_EXT)).get("task") or TASK_TEXT_TO_IMAGE
+    if task not in TASKS:
+        raise ValueError(f"sample {sample.get('__key__')}: unknown task {task!r}")
+    return task
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB pixels of the `jpg` member (OpenCV, decoded straight to RGB). Every reader of shard
+    images uses this one decoder, so training, evaluation and previews see the same pixels."""
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
+        raise ValueError("not a decodable JPEG")
+    return rgb
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """A bool mask from a PNG of any mode (nonzero = inside): a v1 sample's `mask_sK.png`."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L")) > 0
+
+
+def sample_meta(sample: dict) -> dict:
+    """The `json` of an inpainting sample of a version this smartbrush reads (v1 or v2)."""
+    raw = sample[META_EXT]
+    meta = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    if (not isinstance(meta, dict) or meta.get("schema") != NAME
+            or meta.get("schema_version") not in READABLE_VERSIONS):
+        versions = ", ".join(f"v{v}" for v in READABLE_VERSIONS)
+        raise ValueError(f"sample {sample.get('__key__')}: not a {NAME} sample of a version this "
+                         f"smartbrush reads ({versions})")
+    return meta
+
+
+def _v1_mask_keys(meta: dict, key) -> list[str]:
+    keys = meta.get("mask_keys")
+    if not isinstance(keys, list) or len(keys) < 2 or keys != mask_exts(len(keys)):
+        raise ValueError(f"sample {key}: v1 mask_keys {keys!r} is not [mask_s0.png, ..., mask_sS.png]")
+    return keys
+
+
+def sample_num_levels(sample: dict, meta: dict | None = None) -> int:
+    """S + 1, the number of precision levels of a raw sample (v1 or v2)."""
+    meta = sample_meta(sample) if meta is None else meta
+    if meta["schema_version"] == 1:
+        return len(_v1_mask_keys(meta, sample.get("__key__")))
+    levels = (meta.get("mask_schedule") or {}).get("levels")
+    if not isinstance(levels, list) or not 2 <= len(levels) <= MAX_LEVELS:
+        raise ValueError(f"sample {sample.get('__key__')}: mask_schedule.levels must list 2..{MAX_LEVELS} "
+                         "levels")
+    return len(levels)
+
+
+def _member(sample: dict, ext: str) -> bytes:
+    data = sample.get(ext)
+    if data is None:
+        raise ValueError(f"sample {sample.get('__key__')}: no {ext} member")
+    return data
+
+
+def sample_level_map(sample: dict, meta: dict | None = None) -> np.ndarray:
+    """The uint8 level map of a raw sample (mask_s = map <= s); v1 samples are converted. `meta` may
+    give its already parsed sample_meta."""
+    meta = sample_meta(sample) if meta is None else meta
+    n = sample_num_levels(sample, meta)
+    if meta["schema_version"] == 1:
+        keys = _v1_mask_keys(meta, sample.get("__key__"))
+        return map_from_levels([decode_mask_png(_member(sample, k)) for k in keys])
+    level_map, rows = decode_level_map_rows(_member(sample, LEVELS_EXT))
+    checked = level_map[rows[0]:rows[1]] if rows is not None else level_map  # other rows: OUTSIDE by decoding
+    check_level_map(checked, n, f"sample {sample.get('__key__')}: {LEVELS_EXT}")
+    return level_map
+
+
+def sample_masks(sample: dict) -> list[np.ndarray]:
+    """The mask ladder of a raw (undecoded) sample, index = precision level (v1 or v2)."""
+    meta = sample_meta(sample)
+    if meta["schema_version"] == 1:
+        return [decode_mask_png(_member(sample, k)) for k in _v1_mask_keys(meta, sample.get("__key__"))]
+    return levels_from_map(sample_level_map(sample), sample_num_levels(sample, meta))
+
+
+def sample_mask(sample: dict, level: int) -> np.ndarray:
+    """The mask at precision level `level` of a raw (undecoded) sample (v1 or v2)."""
+    meta = sample_meta(sample)
+    n = sample_num_levels(sample, meta)
+    if not 0 <= level < n:
+        raise ValueError(f"sample {sample.get('__key__')}: level {level} outside 0..{n - 1}")
+    if meta["schema_version"] == 1:
+        return decode_mask_png(_member(sample, _v1_mask_keys(meta, sample.get("__key__"))[level]))
+    return sample_level_map(sample) <= level

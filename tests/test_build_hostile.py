@@ -8,7 +8,7 @@ import webdataset as wds
 
 from smartbrush.pipeline.commands.build import run_build
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected
-from smartbrush.pipeline.render.samples import decode_jpeg, sample_masks
+from smartbrush.schemas.shard_sample import decode_jpeg, sample_masks
 from smartbrush.pipeline.commands.verify import verify_shard_set
 from tests.corpus_factory import hostile_coco, hostile_openimages
 

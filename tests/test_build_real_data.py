@@ -16,7 +16,7 @@ from smartbrush.pipeline.commands.build import run_build
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected
 from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
-from smartbrush.pipeline.render.samples import decode_mask_png, sample_masks
+from smartbrush.schemas.shard_sample import decode_mask_png, sample_masks
 from smartbrush.pipeline.commands.verify import verify_shard_set
 from tests.conftest import MULTI, shared_path
 

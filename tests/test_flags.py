@@ -7,7 +7,7 @@ import pytest
 
 from smartbrush.cli import main
 from smartbrush.pipeline.commands.build import build_parser
-from smartbrush.pipeline.commands.flags import beam_option_names, parse_job_args, suggestions
+from smartbrush.flags import beam_option_names, parse_job_args, suggestions
 
 
 def _fails(parser, argv, capsys) -> str:

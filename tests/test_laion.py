@@ -23,7 +23,7 @@ from smartbrush.pipeline.sources.laion_filter import (Columns, LaionFilters, che
                                               filter_table)
 from smartbrush.pipeline.sources.laion_fold import error_class, fold_shard, fold_stats, unrecorded_rows
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.render.samples import decode_jpeg
+from smartbrush.schemas.shard_sample import decode_jpeg
 from smartbrush.pipeline.storage.shards import count_samples, scan_tar
 from smartbrush.pipeline.commands.verify import verify_shard_set
 

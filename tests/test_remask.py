@@ -20,9 +20,12 @@ from smartbrush.pipeline.render.ladder import render_ladder, render_level_map, u
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
 from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, input_schedule, new_json,  # noqa: E402
-                                              readable_keys, remask_sample, remask_samples, remask_shard)
-from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map,  # noqa: E402
-                                                encode_masks_v1, render_sample, sample_mask, sample_masks)
+                                              remask_sample, remask_samples, remask_shard)
+from smartbrush.schemas.level_map import decode_level_map, encode_level_map  # noqa: E402
+from smartbrush.schemas.shard_sample import encode_json, sample_mask, sample_masks  # noqa: E402
+from smartbrush.schemas.shard_tar import sample_keys  # noqa: E402
+from tests.sample_fixtures import encode_masks_v1  # noqa: E402
+from smartbrush.pipeline.render.samples import render_sample  # noqa: E402
 from smartbrush.pipeline.storage.shards import read_shard, write_shard  # noqa: E402
 from smartbrush.schemas import shard_sample  # noqa: E402
 from smartbrush.schemas.mask_schedule import from_dict  # noqa: E402
@@ -279,7 +282,7 @@ def test_damaged_or_missing_input_shard_rejects_all_its_samples(tmp_path):
     path = src / "inpainting-000000.tar"
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    keys = readable_keys(path.read_bytes())
+    keys = sample_keys(path.read_bytes(), tolerant=True)
     assert 1 <= len(keys) < 4 and keys == [f"k{i}" for i in range(len(keys))]
     result = remask_shard(str(src), str(tmp_path / "out"), entry, FINE)
     assert result.info is None and result.inputs == 4
@@ -522,7 +525,7 @@ def test_a_corrupt_shard_is_rejected_and_the_rest_written(hand_made):
     rows = [r for r in read_rejected(str(out)) if r["stage"] == "remask"]
     assert len(rows) == 2 and {r["reason"] for r in rows} == {"shard_corrupt"}
     assert {r["input"] for r in rows} == {str(src / "inpainting-000001.tar")}
-    readable = set(readable_keys((src / "inpainting-000001.tar").read_bytes()))
+    readable = set(sample_keys((src / "inpainting-000001.tar").read_bytes(), tolerant=True))
     assert {r["record_id"] for r in rows} == readable | {f"inpainting-000001.tar#{i:06d}"
                                                           for i in range(len(readable), 2)}
     assert readable <= set(lost)
@@ -599,7 +602,8 @@ def test_fast_tar_parse_equals_webdataset(tmp_path):
 
     import webdataset as wds
 
-    from smartbrush.pipeline.render.remask import _parse_plain_tar, parse_tar
+    from smartbrush.schemas.shard_tar import _parse_plain_tar
+    from smartbrush.schemas.shard_tar import read_samples as parse_tar
 
     def via_webdataset(data):
         stream = wds.tariterators.tar_file_expander([{"stream": io.BytesIO(data), "url": "u"}])

@@ -13,6 +13,7 @@ from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.render.masks import mask_to_rle, rle_area_and_box
 from smartbrush.pipeline.render.per_image import render_image
 from smartbrush.pipeline.storage import fileio
+from smartbrush.schemas import files
 
 
 class FlakyFileSystem(LocalFileSystem):
@@ -43,8 +44,8 @@ class FlakyFileSystem(LocalFileSystem):
 def no_sleep(monkeypatch):
     """Retries without waiting; returns the delays that would have been slept."""
     slept: list[float] = []
-    monkeypatch.setattr(fileio, "RETRY", fileio.RetryPolicy(attempts=4, base_delay=0.5, max_delay=8.0,
-                                                             sleep=slept.append))
+    monkeypatch.setattr(files, "RETRY", files.RetryPolicy(attempts=4, base_delay=0.5, max_delay=8.0,
+                                                           sleep=slept.append))
     FlakyFileSystem.FAILURES.clear()
     FlakyFileSystem.OPENS.clear()
     return slept

@@ -15,9 +15,10 @@ from PIL import Image
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.render.ladder import render_ladder, render_level_map
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
-from smartbrush.pipeline.render.samples import (decode_level_map, encode_json, encode_level_map, encode_masks,
-                                                encode_masks_v1, render_sample, sample_level_map, sample_mask,
-                                                sample_masks, sample_meta, sample_num_levels)
+from smartbrush.schemas.level_map import decode_level_map, encode_level_map
+from smartbrush.schemas.shard_sample import encode_json, sample_level_map, sample_mask, sample_masks, sample_meta, sample_num_levels
+from tests.sample_fixtures import encode_masks, encode_masks_v1
+from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.pipeline.storage.shards import write_shard
 from smartbrush.schemas import shard_sample
 
@@ -209,7 +210,7 @@ def _maps_of_every_layout() -> list[np.ndarray]:
 def test_level_map_png_fast_path_agrees_with_opencv_and_pil():
     import cv2
 
-    from smartbrush.pipeline.render.samples import _decode_own_layout
+    from smartbrush.schemas.level_map import _decode_own_layout
 
     for level_map in _maps_of_every_layout():
         data = encode_level_map(level_map)
@@ -236,7 +237,7 @@ def _with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
 def test_a_png_that_does_not_check_out_is_decoded_the_general_way():
     import struct
 
-    from smartbrush.pipeline.render.samples import _decode_own_layout
+    from smartbrush.schemas.level_map import _decode_own_layout
 
     level_map = render_level_map(_exact(), FINE)
     data = encode_level_map(level_map)
@@ -270,7 +271,7 @@ def _tarfile_reference(samples) -> bytes:
 
 @pytest.mark.parametrize("key", ["000000397133-0000021", "k" * 95, "k" * 120])  # the last needs a pax header
 def test_tar_writer_bytes_are_tarfiles(key):
-    from smartbrush.pipeline.storage.shards import write_tar_stream
+    from smartbrush.schemas.shard_tar import write_tar_stream
 
     rng = np.random.default_rng(0)
     sizes = [0, 1, 511, 512, 513, 10_000, 30_001]
@@ -292,7 +293,7 @@ def test_constant_row_segments_are_zlibs_one_shot_deflate(width):
     every n across several checkpoints, as the final block and as a sync-flushed one."""
     import zlib
 
-    from smartbrush.pipeline.render.samples import _ConstantRows, _constant_rows
+    from smartbrush.schemas.level_map import _ConstantRows, _constant_rows
 
     def _deflate(raw, last):  # the definition: zlib level 1 over all n rows in one call
         z = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
@@ -308,7 +309,7 @@ def test_constant_row_segments_are_zlibs_one_shot_deflate(width):
 
 
 def test_encoding_from_the_box_region_is_encode_level_map():
-    from smartbrush.pipeline.render.samples import encode_level_map_box
+    from smartbrush.schemas.level_map import encode_level_map_box
 
     for level_map in _maps_of_every_layout():
         used = level_map != shard_sample.OUTSIDE
@@ -353,7 +354,7 @@ def test_box_rows_deflate_is_the_standard_zlib_rle_and_repeats_exactly():
     import os
     import zlib
 
-    from smartbrush.pipeline.render.samples import _deflate_box, _filtered_rows
+    from smartbrush.schemas.level_map import _deflate_box, _filtered_rows
 
     rng = np.random.default_rng(3)
     maps = [render_level_map(np.roll(np.roll(_exact(160), dy, 0), dx, 1), FINE)

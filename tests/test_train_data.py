@@ -1,9 +1,8 @@
-"""train/data.py: both sample kinds through one interface, and the 80/20 stream mix."""
+"""train/data.py: both sample kinds through one interface."""
 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import random
 import threading
@@ -19,10 +18,11 @@ from PIL import Image
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.commands import laion
 from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
-from smartbrush.pipeline.render.samples import decode_jpeg, encode_jpeg, render_sample, sample_masks
+from smartbrush.schemas.shard_sample import decode_jpeg, sample_masks
+from smartbrush.pipeline.render.samples import encode_jpeg, render_sample
 from smartbrush.pipeline.storage.shards import write_shard
-from smartbrush.train.data import (INPAINTING, TEXT_TO_IMAGE, Mix, fit, make_dataset, mix, sample_task,
-                                   training_sample)
+from smartbrush.schemas.shard_set import iter_shard
+from smartbrush.train.data import INPAINTING, TEXT_TO_IMAGE, fit, sample_task, training_sample
 
 R = 64
 
@@ -130,25 +130,12 @@ def test_fit_centre_crops_to_the_resolution():
     assert out["image"].shape == (32, 32, 3) and out["mask"].shape == (32, 32) and out["mask"].all()
 
 
-def test_make_dataset_reads_an_inpainting_shard(inpainting_shard):
+def test_an_inpainting_shard_reads_through_training_sample(inpainting_shard):
     path, samples = inpainting_shard
-    outs = list(make_dataset([path], level=0))
+    outs = [training_sample(raw, level=0) for raw in iter_shard(path)]
     assert [o["key"] for o in outs] == sorted(samples)
     for o in outs:
         assert np.array_equal(o["mask"], sample_masks({"__key__": o["key"], **samples[o["key"]]})[0])
-
-
-def test_mix_ratio_is_seeded():
-    draws = list(itertools.islice(mix(itertools.repeat("i"), itertools.repeat("t"), 0.8, seed=0), 1000))
-    assert draws.count("i") == 810  # fixed seed, fixed count: within 1 sd (12.6) of 800
-    again = list(itertools.islice(mix(itertools.repeat("i"), itertools.repeat("t"), 0.8, seed=0), 1000))
-    assert again == draws
-    assert list(mix(iter([1, 2]), itertools.repeat(0), 1.0)) == [1, 2]  # ends with the stream it draws from
-    # Mix seeds its generator with (seed, rank, worker): one process, seed 0, gives these draws
-    tasks = list(itertools.islice(Mix(itertools.repeat("i"), itertools.repeat("t"), seed=0), 1000))
-    assert tasks.count("i") == 804
-    with pytest.raises(ValueError):
-        Mix([], [], 1.5)
 
 
 # ---------------------------------------------------------------- with real `smartbrush laion` shards
@@ -194,20 +181,10 @@ def laion_shards(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_make_dataset_reads_laion_shards(laion_shards):
+def test_laion_shards_read_through_training_sample(laion_shards):
     urls, captions = laion_shards
-    outs = list(make_dataset(urls))
+    outs = [training_sample(raw) for url in urls for raw in iter_shard(url)]
     assert sorted(o["text"] for o in outs) == sorted(captions)
     for o in outs:
         assert (o["task"], o["level"], o["num_levels"]) == (TEXT_TO_IMAGE, 4, 5)
         assert o["image"].shape == (R, R, 3) and o["mask"].shape == (R, R) and o["mask"].all()
-
-
-@pytest.mark.slow
-def test_mix_of_real_streams(inpainting_shard, laion_shards):
-    inpainting = make_dataset([inpainting_shard[0]], resampled=True, seed=1)
-    t2i = make_dataset(laion_shards[0], resampled=True, seed=2)
-    tasks = [o["task"] for o in itertools.islice(Mix(inpainting, t2i, seed=0), 1000)]
-    assert tasks.count(INPAINTING) == 804  # the draws of test_mix_ratio_is_seeded's Mix: same seed
-    nested = [o for o in itertools.islice(Mix(inpainting, t2i, seed=0), 50) if o["task"] == INPAINTING]
-    assert {o["num_levels"] for o in nested} == {5} and len({o["level"] for o in nested}) > 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.train.config import list_presets, load_train_config
 from smartbrush.train.data import INPAINTING, TEXT_TO_IMAGE
 

@@ -1,7 +1,7 @@
 """The training sample interface: a raw WebDataset sample of either kind -> one common dict.
 
-Inpainting samples (pipeline.samples.render_sample) carry json "task": "inpainting" and one mask per
-precision level. Text-to-image samples are img2dataset's jpg/txt/json as `smartbrush laion` writes them;
+Inpainting samples (schemas/shard_sample.py) carry json "task": "inpainting" and the mask ladder as
+a level map. Text-to-image samples are img2dataset's jpg/txt/json as `smartbrush laion` writes them;
 their json has no "task" (a json with "task": "text_to_image" reads the same), and their mask is the
 whole image at the coarsest level s = S: the whole image is its own bounding box.
 
@@ -12,22 +12,15 @@ Common dict: {"image": HxWx3 uint8 RGB, "mask": HxW bool, "level": s, "num_level
 from __future__ import annotations
 
 import functools
-import json
 import random
-from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np
-import webdataset as wds
-from webdataset.pytorch import IterableDataset  # torch's when installed, else a stub
-from webdataset.utils import pytorch_worker_info
 
-from smartbrush.pipeline.render.samples import decode_jpeg, sample_level_map, sample_meta, sample_num_levels
-
-INPAINTING = "inpainting"
-TEXT_TO_IMAGE = "text_to_image"
-TASKS = (INPAINTING, TEXT_TO_IMAGE)
-P_INPAINTING = 0.8  # the paper: 80 % inpainting steps, 20 % text-to-image
+from smartbrush.schemas.shard_sample import TASK_INPAINTING as INPAINTING
+from smartbrush.schemas.shard_sample import TASK_TEXT_TO_IMAGE as TEXT_TO_IMAGE
+from smartbrush.schemas.shard_sample import (decode_jpeg, sample_level_map, sample_meta, sample_num_levels,  # noqa: F401
+                                             sample_task)
 
 
 @functools.cache
@@ -36,20 +29,6 @@ def default_num_levels() -> int:
     from smartbrush.config import load_schedule
 
     return load_schedule("smartbrush").num_levels
-
-
-def _meta(raw: dict) -> dict:
-    data = raw.get("json")
-    if data is None:
-        return {}
-    return json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
-
-
-def sample_task(raw: dict) -> str:
-    task = _meta(raw).get("task") or TEXT_TO_IMAGE
-    if task not in TASKS:
-        raise ValueError(f"sample {raw.get('__key__')}: unknown task {task!r}")
-    return task
 
 
 def _text(value) -> str:
@@ -120,61 +99,3 @@ def training_sample(raw: dict, level: int | None = None, rng: random.Random | No
     if compact:
         return {"image": image, "level_map": level_map, "key": key, **out}
     return {"image": image, "mask": level_map <= out["level"], "exact": level_map == 0, "key": key, **out}
-
-
-class ToTrainingSample:
-    """Picklable map function for a WebDataset pipeline. Its random choices (level, caption) come from a
-    generator seeded by (seed, rank, worker), so every DataLoader worker draws its own sequence."""
-
-    def __init__(self, level: int | None = None, num_levels: int | None = None, resolution: int | None = None,
-                 seed: int = 0):
-        self.level, self.num_levels, self.resolution, self.seed = level, num_levels, resolution, seed
-        self._rng: random.Random | None = None
-
-    def __call__(self, raw: dict) -> dict:
-        if self._rng is None:
-            rank, _, worker, _ = pytorch_worker_info()
-            self._rng = random.Random(f"{self.seed}:{rank}:{worker}")
-        return training_sample(raw, self.level, self._rng, self.num_levels, self.resolution)
-
-
-def make_dataset(urls, *, shardshuffle: bool | int = False, seed: int = 0, level: int | None = None,
-                 num_levels: int | None = None, resolution: int | None = None, resampled: bool = False,
-                 shuffle: int = 0, **webdataset_kwargs):
-    """A WebDataset of common dicts over shard `urls` (a list, or a brace pattern).
-
-    `shardshuffle`: False, or a buffer of shards to shuffle (webdataset 0.2.111 wants it explicit);
-    `resampled=True` draws shards forever (bound it with .with_epoch(n)); `shuffle` > 0 adds a sample buffer."""
-    ds = wds.WebDataset(urls, shardshuffle=False if resampled else shardshuffle, resampled=resampled,
-                        seed=seed, empty_check=False, **webdataset_kwargs)
-    if shuffle:
-        ds = ds.shuffle(shuffle, seed=seed)
-    return ds.map(ToTrainingSample(level, num_levels, resolution, seed))
-
-
-class Mix(IterableDataset):
-    """Interleaves an inpainting stream and a text-to-image stream: each draw takes the inpainting stream
-    with probability p_inpainting, from a generator seeded by (seed, rank, worker). It ends when the
-    stream it draws from ends (use resampled datasets for training: they never end)."""
-
-    def __init__(self, inpainting: Iterable, text_to_image: Iterable, p_inpainting: float = P_INPAINTING,
-                 seed: int = 0):
-        super().__init__()
-        if not 0.0 <= p_inpainting <= 1.0:
-            raise ValueError(f"p_inpainting must be in [0, 1], got {p_inpainting}")
-        self.inpainting, self.text_to_image, self.p, self.seed = inpainting, text_to_image, p_inpainting, seed
-
-    def __iter__(self) -> Iterator:
-        rank, _, worker, _ = pytorch_worker_info()
-        yield from mix(iter(self.inpainting), iter(self.text_to_image), self.p, f"{self.seed}:{rank}:{worker}")
-
-
-def mix(inpainting: Iterator, text_to_image: Iterator, p_inpainting: float = P_INPAINTING,
-        seed: int | str = 0) -> Iterator:
-    rng = random.Random(seed)
-    while True:
-        source = inpainting if rng.random() < p_inpainting else text_to_image
-        try:
-            yield next(source)
-        except StopIteration:
-            return

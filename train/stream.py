@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from smartbrush.pipeline.render.samples import sample_meta
-from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.schemas import manifest as manifest_schema
+from smartbrush.schemas.manifest import read_manifest_bytes
+from smartbrush.schemas.shard_sample import sample_meta
+from smartbrush.schemas.shard_set import first_sample, shard_url
 from smartbrush.train.data import INPAINTING, TEXT_TO_IMAGE, training_sample
 
 log = logging.getLogger("smartbrush.train")
@@ -50,35 +49,21 @@ class ShardSet:
 
 def read_shard_set(path: str, kind: str) -> ShardSet:
     try:
-        manifest = read_manifest(path)
+        manifest, manifest_data = read_manifest_bytes(path)
     except (FileNotFoundError, ValueError) as e:
         raise ShardSetError(str(e)) from None
     if manifest["kind"] != kind:
         raise ShardSetError(f"{path}: a {manifest['kind']} shard set, given as {kind}")
-    shards = tuple({"url": fileio.join(path, s["name"]), "nsamples": s["samples"]} for s in manifest["shards"]
+    shards = tuple({"url": shard_url(path, s), "nsamples": s["samples"]} for s in manifest["shards"]
                    if s["samples"] > 0)
     if not shards:
         raise ShardSetError(f"{path}: no samples")
-    sha = hashlib.sha256(fileio.read_bytes(fileio.join(path, manifest_schema.FILE_NAME))).hexdigest()
+    sha = hashlib.sha256(manifest_data).hexdigest()
     num_levels = version = None
     if kind == INPAINTING:
         num_levels = len((manifest.get("mask_schedule") or {}).get("levels") or [])
-        version = sample_meta(_first_sample(shards[0]["url"]))["schema_version"]  # raises on an unknown version
+        version = sample_meta(first_sample(shards[0]["url"]))["schema_version"]  # raises on an unknown version
     return ShardSet(path, kind, sha, shards, num_levels, version)
-
-
-def _first_sample(url: str) -> dict:
-    import tarfile
-
-    sample: dict = {}
-    with fileio.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            key, ext = member.name.split(".", 1)
-            if sample and sample["__key__"] != key:
-                break
-            sample["__key__"] = key
-            sample[ext] = tar.extractfile(member).read()
-    return sample
 
 
 def check_shard_sets(inpainting: list[ShardSet], text_to_image: list[ShardSet], num_levels: int | None) -> int:

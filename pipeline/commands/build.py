@@ -18,7 +18,7 @@ from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_
                                                  captioner_from_args, describe_captioner, pipeline_options,
                                                  prepare_output, resolve_config)
 from smartbrush.pipeline.commands.progress import run_with_progress
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.render.shard_render import ShardRenderer
 from smartbrush.pipeline.sources import coco, openimages
 from smartbrush.pipeline.storage import fileio

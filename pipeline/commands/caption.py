@@ -15,11 +15,10 @@ from apache_beam.runners.runner import PipelineResult
 from smartbrush.pipeline.caption.blip import BlipCaptioner
 from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_flags, captioner_from_args,
                                                  describe_captioner, pipeline_options)
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.identity import claim_output, make_identity
-from smartbrush.pipeline.storage.manifest import (finalize_set, input_file_entry, read_manifest, read_rejected,
-                                                  rejected_table_bytes)
+from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry, read_manifest, read_rejected
 from smartbrush.pipeline.transforms.caption import DROPPED, REJECTED, CaptionRowLists
 from smartbrush.pipeline.transforms.table import read_instance_table, write_instance_table
 from smartbrush.pipeline.transforms.worker import WorkerDoFn
@@ -85,7 +84,7 @@ class FinalizeCaptionTable(WorkerDoFn):
             n_inputs = read_manifest(self.upstream_dir)["counts"]["inputs"]
             rejected += read_rejected(self.upstream_dir)
         written = sum(n for n, _ in row_counts)
-        nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(self.out_dir, DROPPED_FILE), rejected_table_bytes(dropped))
+        nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(self.out_dir, DROPPED_FILE), rejected_schema.table_bytes(dropped))
         by_reason: dict[str, int] = {}
         for d in dropped:
             by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1

@@ -8,11 +8,11 @@ import os
 from importlib import resources
 
 from smartbrush.pipeline.commands.build import run_build
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.render.masks import rle_to_mask  # noqa: F401  (keeps pycocotools import errors early)
 from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
 from smartbrush.pipeline.commands.preview import contact_sheet
-from smartbrush.pipeline.render.samples import decode_mask_png
+from smartbrush.schemas.shard_sample import decode_mask_png
 from smartbrush.pipeline.commands.stats import format_stats, shard_set_stats
 from smartbrush.pipeline.commands.verify import verify_shard_set
 

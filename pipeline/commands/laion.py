@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import yaml
 
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
                                               check_columns, expand_inputs, read_schema_names,
@@ -28,7 +28,7 @@ from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, shard
 from smartbrush.pipeline.storage.shards import scan_tar
 from smartbrush.pipeline.storage.identity import claim_output, make_identity
 from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry
-from smartbrush.pipeline.storage.shards import shard_info
+from smartbrush.schemas.manifest import shard_info
 from smartbrush.schemas import manifest as manifest_schema
 
 log = logging.getLogger("smartbrush")

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartbrush.pipeline.render.samples import sample_masks, sample_num_levels
+from smartbrush.schemas.shard_sample import sample_masks, sample_num_levels
 from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 CELL = 160

@@ -20,7 +20,7 @@ from apache_beam.runners.runner import PipelineResult
 from smartbrush import config as config_mod
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.commands.common import BEAM_FLAGS_HELP, pipeline_options, prepare_output
-from smartbrush.pipeline.commands.flags import parse_job_args
+from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.storage.identity import make_identity
 from smartbrush.pipeline.transforms.finalize import finalize
 from smartbrush.pipeline.transforms.remask import INPUTS, REJECTED, RemaskShardDoFn

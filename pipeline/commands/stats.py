@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.pipeline.render.samples import sample_level_map, sample_meta, sample_num_levels
+from smartbrush.schemas.shard_sample import sample_level_map, sample_meta, sample_num_levels
 from smartbrush.pipeline.storage.shard_reader import iter_samples
 
 

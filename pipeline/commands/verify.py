@@ -56,7 +56,7 @@ def verify_shard_set(out_dir: str, progress: bool = False) -> list[str]:
         if not fileio.exists(path):
             problems.append(f"{rf['name']}: missing")
         else:
-            nbytes, sha = fileio.sha256_file(path)
+            nbytes, sha, _ = fileio.digest_file(path)
             if sha != rf["sha256"]:
                 problems.append(f"{rf['name']}: sha256 differs from the manifest")
             rows = read_rejected(out_dir)

@@ -41,7 +41,7 @@ import numpy as np
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
-from smartbrush.schemas.shard_sample import MAX_LEVELS, OUTSIDE
+from smartbrush.schemas.level_map import MAX_LEVELS, OUTSIDE, levels_from_map, map_from_levels  # noqa: F401
 
 # The pyramid goes down k levels while sigma >= MIN_REDUCED_SIGMA * 2^(k + 1): the Gaussian left to
 # apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 1.5,
@@ -276,22 +276,6 @@ def _blur_plan(level: Level, box_side: int, reduce: bool) -> tuple[float, int, i
     """(sigma, kernel, pyramid levels down) of a blur level for a box side (_ladder_plan caches it)."""
     sigma, kernel = blur_parameters(level, box_side)
     return sigma, kernel, reduction_levels(sigma) if reduce else 0
-
-
-def levels_from_map(level_map: np.ndarray, num_levels: int) -> list[np.ndarray]:
-    """The bool masks s = 0 ... num_levels - 1 of a level map."""
-    return [level_map <= s for s in range(num_levels)]
-
-
-def map_from_levels(levels: list[np.ndarray]) -> np.ndarray:
-    """The level map of a list of nested bool masks (index = level); each pixel gets the smallest
-    level that contains it, OUTSIDE where none does."""
-    if not 2 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"{len(levels)} levels; a level map holds 2..{MAX_LEVELS}")
-    out = np.full(levels[0].shape, OUTSIDE, np.uint8)
-    for s in range(len(levels) - 1, -1, -1):
-        out[np.asarray(levels[s], dtype=bool)] = s
-    return out
 
 
 def reference_ladder(exact: np.ndarray, schedule: MaskSchedule) -> list[np.ndarray]:

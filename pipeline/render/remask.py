@@ -10,25 +10,26 @@ shard.
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
 import json
 import re
-import tarfile
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
 from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
 from smartbrush.pipeline.render.masks import mask_box
-from smartbrush.pipeline.render.samples import (check_level_map, decode_level_map_box_rows, decode_level_map_rows,
-                                                decode_mask_png, encode_json, encode_level_map_box)
-from smartbrush.pipeline.storage.shards import shard_info, write_shard
+from smartbrush.pipeline.storage import fileio
+from smartbrush.pipeline.storage.shards import write_shard
 from smartbrush.schemas import mask_schedule, shard_sample
+from smartbrush.schemas.files import digest_bytes
+from smartbrush.schemas.level_map import (check_level_map, decode_level_map_box_rows, decode_level_map_rows,
+                                          encode_level_map_box)
+from smartbrush.schemas.manifest import shard_info, shard_problem
 from smartbrush.schemas.mask_schedule import MaskSchedule
+from smartbrush.schemas.shard_sample import decode_mask_png, encode_json
+from smartbrush.schemas.shard_tar import read_samples, sample_keys
 
 STAGE = "remask"
 # Rejection reasons of this stage (beside "mask_missing", "mask_unreadable", "mask_size_mismatch"
@@ -51,102 +52,11 @@ class ShardResult:
     written_now: bool = False
 
 
-def parse_tar(data: bytes, url: str) -> list[dict]:
-    """Raw samples of tar bytes, grouped the way pipeline.shards.read_shard groups them (webdataset's
-    grouping). Plain ustar archives of regular files named KEY.EXT (what smartbrush writes) are
-    parsed directly, several times faster than through tarfile; anything else goes through
-    webdataset, which raises for a damaged archive."""
-    samples = _parse_plain_tar(data, url)
-    if samples is not None:
-        return samples
-    import webdataset as wds  # only here: it imports torch, which a remask worker otherwise never needs
-
-    stream = wds.tariterators.tar_file_expander([{"stream": io.BytesIO(data), "url": url}])
-    return list(wds.tariterators.group_by_keys(stream))
-
-
-_MEMBER_NAME = re.compile(rb"^([^./]+)\.([^/A-Z]+)$")  # KEY.EXT, no directories, lower-case extension
-_ZERO_BLOCK = bytes(512)
-_PAX_HARMLESS = {b"mtime", b"atime", b"ctime", b"uname", b"gname", b"uid", b"gid"}
-
-
-def _harmless_pax(records: bytes) -> bool:
-    """Whether pax records ("LEN KEY=VALUE\n" ...) only set times and owners (tarfile writes the
-    mtime of every member this way), not the name or size a member is read by."""
-    pos = 0
-    while pos < len(records):
-        space = records.find(b" ", pos)
-        try:
-            length = int(records[pos:space])
-        except ValueError:
-            return False
-        record = records[space + 1:pos + length]
-        if length <= 0 or not record.endswith(b"\n") or record.split(b"=", 1)[0] not in _PAX_HARMLESS:
-            return False
-        pos += length
-    return True
-
-
-def _parse_plain_tar(data: bytes, url: str) -> list[dict] | None:
-    """The samples of an archive that holds only regular ustar members named KEY.EXT with valid
-    header checksums, ends with a zero block and is complete; None for anything else."""
-    samples: list[dict] = []
-    pos, end = 0, len(data)
-    while True:
-        if pos + 512 > end:
-            return None  # no end-of-archive block: let tarfile say what is wrong
-        header = data[pos:pos + 512]
-        if header == _ZERO_BLOCK:
-            return samples if data.count(0, pos) == end - pos else None  # C speed over the end padding
-        kind = header[156:157]
-        if header[257:262] != b"ustar" or kind not in (b"0", b"\0", b"x") or header[345:346] != b"\0":
-            return None
-        try:
-            size = int(header[124:136].strip(b"\0 ") or b"0", 8)
-            checksum = int(header[148:156].strip(b"\0 "), 8)
-        except ValueError:
-            return None
-        if checksum != sum(header[:148]) + 256 + sum(header[156:]) or pos + 512 + size > end:
-            return None
-        if kind == b"x":  # a pax header for the next member: only metadata that does not change it
-            if not _harmless_pax(data[pos + 512:pos + 512 + size]):
-                return None
-            pos += 512 + (size + 511) // 512 * 512
-            continue
-        match = _MEMBER_NAME.match(header[:100].rstrip(b"\0"))
-        if match is None or match.group(1).startswith(b"__"):
-            return None
-        start = pos + 512
-        if start + size > end:
-            return None
-        key, ext = match.group(1).decode(), match.group(2).decode()
-        if not samples or samples[-1]["__key__"] != key:
-            samples.append({"__key__": key, "__url__": url})
-        elif ext in samples[-1]:
-            return None  # webdataset raises for a duplicate member
-        samples[-1][ext] = data[start:start + size]
-        pos = start + (size + 511) // 512 * 512
-
-
-def readable_keys(data: bytes) -> list[str]:
-    """Sample keys of the member headers that can still be read from a damaged tar, in order."""
-    keys: list[str] = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
-            for member in tar:
-                key = member.name.split(".", 1)[0]  # our keys hold no dots
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-    except (tarfile.TarError, OSError, EOFError):
-        pass
-    return keys
-
-
 def shard_rejections(name: str, data: bytes | None, expected_samples: int, reason: str, detail: str,
                      input_path: str) -> list[dict]:
     """One row per sample of a shard that cannot be used at all. The manifest says how many samples
     it held; those whose key can no longer be read get the id "<shard name>#<index>"."""
-    keys = readable_keys(data)[:expected_samples] if data else []
+    keys = sample_keys(data, tolerant=True)[:expected_samples] if data else []
     keys += [f"{name}#{i:06d}" for i in range(len(keys), expected_samples)]
     return [rejection(k, "", STAGE, reason, detail, input_path) for k in keys]
 
@@ -412,19 +322,6 @@ def _source_of(sample: dict) -> str:
         return ""
 
 
-def _integrity_problem(data: bytes, entry: dict) -> str | None:
-    """Why the bytes are not the shard the manifest entry describes, or None. The check is the
-    entry's CRC-32 when it has one (manifest v2: ~50 GB/s, where sha256 would cost remask about
-    0.08 ms per sample at R = 512), else its sha256 (manifest v1). `smartbrush verify` checks both."""
-    if len(data) != entry["bytes"]:
-        return f"{len(data)} bytes; the input manifest says {entry['bytes']}"
-    if "crc32" in entry:
-        crc = fileio.crc32_hex(data)
-        return None if crc == entry["crc32"] else f"CRC-32 {crc}; the input manifest says {entry['crc32']}"
-    sha = hashlib.sha256(data).hexdigest()
-    return None if sha == entry["sha256"] else f"sha256 {sha[:12]}; the input manifest says {entry['sha256'][:12]}"
-
-
 def read_input_shard(in_dir: str, entry: dict) -> tuple[list[dict] | None, list[dict]]:
     """The samples of an input shard checked against its manifest entry, or (None, rejections of
     all its samples) when the file is missing, damaged or not the one the manifest describes."""
@@ -436,12 +333,12 @@ def read_input_shard(in_dir: str, entry: dict) -> tuple[list[dict] | None, list[
         if not fileio.exists(path):
             return None, shard_rejections(name, None, expected, SHARD_MISSING, path, path)
         return None, shard_rejections(name, None, expected, SHARD_CORRUPT, error_text(e), path)
-    problem = _integrity_problem(data, entry)
+    problem = shard_problem(data, entry)
     if problem:
         return None, shard_rejections(name, data, expected, SHARD_CORRUPT, problem, path)
     try:
-        samples = parse_tar(data, path)
-    except Exception as e:  # tarfile and webdataset raise several types for a damaged archive
+        samples = read_samples(data, path)
+    except Exception as e:  # tarfile raises several types for a damaged archive
         return None, shard_rejections(name, data, expected, SHARD_CORRUPT, error_text(e), path)
     if len(samples) != expected:
         detail = f"{len(samples)} samples, the input manifest says {expected}"
@@ -455,7 +352,7 @@ def _resume(out_path: str, name: str, samples: list[dict], schedule: MaskSchedul
     the input samples it lacks (cheap: only those samples are remasked)."""
     data = fileio.read_bytes(out_path)
     try:
-        done = parse_tar(data, out_path)
+        done = read_samples(data, out_path)
     except Exception as e:
         raise RuntimeError(f"{out_path}: unreadable output shard from an earlier run ({e}); delete it and "
                            "re-run") from None
@@ -471,7 +368,7 @@ def _resume(out_path: str, name: str, samples: list[dict], schedule: MaskSchedul
     remasked, rejected = remask_samples(missing, schedule, input_path)
     if remasked or len(done_keys) + len(rejected) != len(samples):
         raise RuntimeError(f"{out_path} does not match its input shard {input_path}; delete it and re-run")
-    digest = fileio.Digest(len(data), hashlib.sha256(data).hexdigest(), fileio.crc32_hex(data))
+    digest = digest_bytes(data)
     info = shard_info(name, len(done), digest)
     return ShardResult(info, rejected, len(samples), False)
 

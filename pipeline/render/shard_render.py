@@ -27,7 +27,8 @@ from smartbrush.pipeline.render.per_image import load_image_and_hash
 from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_digest
-from smartbrush.pipeline.storage.shards import shard_info, write_tar_stream
+from smartbrush.schemas.manifest import shard_info
+from smartbrush.schemas.shard_tar import write_tar_stream
 from smartbrush.schemas import instance_table
 from smartbrush.schemas.mask_schedule import MaskSchedule
 

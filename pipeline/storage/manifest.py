@@ -1,78 +1,34 @@
-"""manifest.json and rejected.parquet: writing them, and verifying a shard set against them."""
+"""Finishing a shard set through Beam's FileSystems: rejected.parquet and manifest.json written
+(the formats and their parsers are schemas/manifest.py and schemas/rejected.py), and read back on
+any runner's filesystem."""
 
 from __future__ import annotations
 
-import io
-import json
-from collections import Counter
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from smartbrush import __version__
 from smartbrush.pipeline.storage import fileio
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
-
-
-def rejected_table_bytes(rows: list[dict]) -> bytes:
-    """rejected.parquet bytes, rows sorted so that the file is deterministic."""
-    rows = sorted(rows, key=lambda r: (r["record_id"], r["stage"], r["reason"], r["detail"]))
-    table = pa.Table.from_pylist(rows, schema=rejected_schema.SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+from smartbrush.schemas.manifest import counts, make_manifest, manifest_bytes, reconciles
 
 
 def read_rejected(out_dir: str) -> list[dict]:
     path = fileio.join(out_dir, rejected_schema.FILE_NAME)
     if not fileio.exists(path):
         return []
-    return pq.read_table(io.BytesIO(fileio.read_bytes(path))).to_pylist()
+    return rejected_schema.parse_table(fileio.read_bytes(path))
 
 
-def counts(inputs: int, written: int, rejected_rows: list[dict]) -> dict:
-    by_kind = {rejected_schema.REJECTED: Counter(), rejected_schema.FILTERED: Counter()}
-    for r in rejected_rows:
-        by_kind[r["kind"]][r["reason"]] += 1
-    return {
-        "inputs": inputs,
-        "written": written,
-        "rejected": dict(sorted(by_kind[rejected_schema.REJECTED].items())),
-        "filtered": dict(sorted(by_kind[rejected_schema.FILTERED].items())),
-    }
-
-
-def reconciles(c: dict) -> bool:
-    return c["inputs"] == c["written"] + sum(c["rejected"].values()) + sum(c["filtered"].values())
-
-
-def make_manifest(kind: str, config: dict, schedule: dict | None, inputs: list[dict], counts_: dict,
-                  shards: list[dict], rejected_file: dict, lineage: dict | None = None) -> dict:
-    return {
-        "schema": manifest_schema.NAME,
-        "schema_version": manifest_schema.VERSION,
-        "kind": kind,
-        "tool_version": __version__,
-        "config": config,
-        "mask_schedule": schedule,
-        "inputs": sorted(inputs, key=lambda i: i["path"]),
-        "counts": counts_,
-        "shards": sorted(shards, key=lambda s: s["name"]),
-        "rejected_file": rejected_file,
-        "lineage": lineage or {},
-    }
-
-
-def manifest_bytes(manifest: dict) -> bytes:
-    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+def read_manifest(out_dir: str) -> dict:
+    path = fileio.join(out_dir, manifest_schema.FILE_NAME)
+    if not fileio.exists(path):
+        raise manifest_schema.missing_manifest(out_dir)
+    return manifest_schema.parse_manifest(fileio.read_bytes(path), path)
 
 
 def write_rejected_and_manifest(out_dir: str, rejected_rows: list[dict], build_manifest) -> dict:
     """Write rejected.parquet, then manifest.json (last: its presence marks a finished set).
 
     `build_manifest(rejected_file_info)` returns the manifest dict."""
-    data = rejected_table_bytes(rejected_rows)
+    data = rejected_schema.table_bytes(rejected_rows)
     nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(out_dir, rejected_schema.FILE_NAME), data)
     manifest = build_manifest({"name": rejected_schema.FILE_NAME, "rows": len(rejected_rows), "bytes": nbytes,
                                "sha256": sha})
@@ -80,18 +36,9 @@ def write_rejected_and_manifest(out_dir: str, rejected_rows: list[dict], build_m
     return manifest
 
 
-def read_manifest(out_dir: str) -> dict:
-    path = fileio.join(out_dir, manifest_schema.FILE_NAME)
-    if not fileio.exists(path):
-        raise FileNotFoundError(f"{out_dir}: no {manifest_schema.FILE_NAME}: not a finished shard set")
-    manifest = json.loads(fileio.read_bytes(path))
-    manifest_schema.check_header(manifest, path)
-    return manifest
-
-
 def input_file_entry(path: str) -> dict:
-    nbytes, sha = fileio.sha256_file(path)
-    return {"path": path, "bytes": nbytes, "sha256": sha}
+    digest = fileio.digest_file(path)
+    return {"path": path, "bytes": digest.bytes, "sha256": digest.sha256}
 
 
 class ReconciliationError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Iterate the raw samples of a finished shard set, in manifest order."""
+"""Iterate the raw samples of a finished shard set, in manifest order (Beam's FileSystems)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 from smartbrush.pipeline.render.shard_render import PARTS_DIR, ShardRenderer
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, shard_of
-from smartbrush.pipeline.storage.shards import shard_name
+from smartbrush.schemas.shard_tar import shard_name
 from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 REJECTED = "rejected"

@@ -1,4 +1,5 @@
-"""Strict command lines: a verb's own flags, then Beam pipeline options; anything else is an error.
+"""Strict command lines for every verb: a verb's own flags, then (for Beam jobs) Beam pipeline
+options; anything else is an error. Beam is imported only when a command line may carry its options.
 
 Every job verb calls `parse_job_args(parser, argv)` instead of `parser.parse_known_args(argv)`, so
 that `smartbrush build ... --resolutoin 256` stops at once with
@@ -14,24 +15,23 @@ import argparse
 import difflib
 import functools
 
-from apache_beam.options import pipeline_options as beam_options
-
 
 class _ParseError(Exception):
     pass
-
-
-class _RaisingBeamParser(beam_options._BeamArgumentParser):  # pylint: disable=protected-access
-    """Beam's own option parser, raising instead of printing its usage and exiting."""
-
-    def error(self, message):
-        raise _ParseError(message)
 
 
 @functools.lru_cache(maxsize=1)
 def beam_parser() -> argparse.ArgumentParser:
     """A parser of every Beam pipeline option, built the way PipelineOptions.get_all_options builds
     its own: each loaded PipelineOptions subclass adds its flags (last definition of a class wins)."""
+    from apache_beam.options import pipeline_options as beam_options
+
+    class _RaisingBeamParser(beam_options._BeamArgumentParser):  # pylint: disable=protected-access
+        """Beam's own option parser, raising instead of printing its usage and exiting."""
+
+        def error(self, message):
+            raise _ParseError(message)
+
     parser = _RaisingBeamParser(allow_abbrev=False, add_help=False)
     classes: dict[str, type] = {}
     for cls in beam_options.PipelineOptions.__subclasses__():
