@@ -1,1 +1,2 @@
-"""smartbrush.train: reserved for the train stage (see ARCHITECTURE.md); it reads only the shard format."""
+"""smartbrush.train: the training stream over shard sets and the SmartBrush fine-tuning loop. Reads
+shard sets only through smartbrush.schemas (no Apache Beam)."""
