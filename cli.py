@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "preview": ("smartbrush.pipeline.commands.preview", "main", "contact sheet of samples with every mask level"),
     "sample": ("smartbrush.eval.commands", "sample_main", "inpaint one image with a SmartBrush checkpoint at a mask precision level"),
     "eval": ("smartbrush.eval.commands", "eval_main", "FID, local FID, CLIP score, background preservation, mask IoU vs baselines"),
+    "bench": ("smartbrush.eval.commands", "bench_main", "import a published benchmark (BrushBench, EditBench, HD-Painter COCO, COCO lists) as a shard set"),
 }
 
 INGEST_SOURCES = {"coco", "openimages"}

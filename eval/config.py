@@ -13,6 +13,13 @@ from smartbrush.config import from_dict, merge
 SCHEDULERS = ("ddim", "ddpm", "pndm", "euler", "euler-ancestral", "dpm-solver++", "unipc", "lms")
 DTYPES = ("float32", "float16", "bfloat16")
 METHODS = ("smartbrush", "smartbrush-noswitch", "sd-inpaint", "sd-blend")
+# How every method's decoded output becomes the scored image, the same for all methods:
+#   given:  pasted into the input through the given mask (hard edge): outside it, the input's pixels
+#   none:   the decoded image as it is (SmartBrush without its own pixel-space composite)
+#   native: each method as it ships: SmartBrush composites through its predicted mask with a feathered
+#           edge, the diffusers baselines return the decoded image (favours SmartBrush's background)
+COMPOSITES = ("given", "none", "native")
+PROTOCOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets", "eval")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class MetricsConfig:
     fid_weights: str = ""  # FID Inception weights file (torchmetrics + torch-fidelity); empty: see fid_torchscript
     fid_torchscript: str = ""  # a TorchScript feature extractor: uint8 (N, 3, H, W) -> (N, D)
     fid_antialias: bool = False  # False: numbers comparable with earlier papers
+    fid_size: int = 0  # images resized to fid_size x fid_size (bicubic) before FID; 0: as generated
     local_size: int = 299  # box crops are resized to local_size x local_size for local FID and CLIP score
     clip: str = ""  # local CLIP folder (CLIPModel + processor); empty: no CLIP score
     psnr_cap_db: float = 100.0  # PSNR of an identical region
@@ -52,7 +60,8 @@ class EvalConfig:
     batch_size: int = 1
     grid_samples: int = 6
     save_images: bool = False  # write every output to images/<method>/s<level>/<key>.png
-    baseline_composite: bool = False  # composite baselines' outputs with the input through the given mask
+    composite: str = "given"  # given | none | native (COMPOSITES): the same post-processing for every method
+    protocol: str = ""  # the protocol preset these settings came from (presets/eval/<name>.yaml), if any
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -86,8 +95,26 @@ def load_sampler_config(path: str = "", overrides: dict | None = None) -> Sample
     return cfg
 
 
-def load_eval_config(path: str = "", overrides: dict | None = None) -> EvalConfig:
-    cfg = from_dict(EvalConfig, merge(_read_yaml(path), overrides or {}), path or "eval")
+def protocols() -> list[str]:
+    """Names of the evaluation protocol presets (presets/eval/*.yaml)."""
+    if not os.path.isdir(PROTOCOLS_DIR):
+        return []
+    return sorted(n[:-5] for n in os.listdir(PROTOCOLS_DIR) if n.endswith(".yaml"))
+
+
+def protocol_path(name: str) -> str:
+    if name not in protocols():
+        raise ValueError(f"protocol {name!r}: one of {protocols()}")
+    return os.path.join(PROTOCOLS_DIR, f"{name}.yaml")
+
+
+def load_eval_config(path: str = "", overrides: dict | None = None, protocol: str = "") -> EvalConfig:
+    """A protocol preset (when named), then the YAML at `path`, then `overrides` on top."""
+    base = _read_yaml(protocol_path(protocol)) if protocol else {}
+    data = merge(merge(base, _read_yaml(path)), overrides or {})
+    if protocol:
+        data["protocol"] = protocol
+    cfg = from_dict(EvalConfig, data, path or protocol or "eval")
     check_sampler(cfg.sampler, "sampler")
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
@@ -96,6 +123,10 @@ def load_eval_config(path: str = "", overrides: dict | None = None) -> EvalConfi
         raise ValueError("method sd-inpaint needs sd_inpaint (--sd-inpaint PATH: a 9-channel inpainting checkpoint)")
     if "sd-blend" in cfg.methods and not cfg.sd_base:
         raise ValueError("method sd-blend needs sd_base (--sd-base PATH: a text-to-image Stable Diffusion folder)")
+    if cfg.composite not in COMPOSITES:
+        raise ValueError(f"composite {cfg.composite!r}: one of {COMPOSITES}")
+    if cfg.metrics.fid_size < 0 or 0 < cfg.metrics.fid_size < 16:
+        raise ValueError("metrics.fid_size: 0 (as generated) or >= 16")
     if cfg.prompt not in ("label", "caption"):
         raise ValueError(f"prompt {cfg.prompt!r}: label or caption")
     if cfg.batch_size < 1 or cfg.limit < 0 or cfg.grid_samples < 0 or cfg.metrics.local_size < 16:

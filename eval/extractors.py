@@ -1,13 +1,16 @@
 """Metric feature extractors from local files only (nothing is downloaded).
 
-FID: torchmetrics' `FrechetInceptionDistance` owns the extractor, in one of two ways:
+FID, one of two extractors, each checked on every batch (finite features of one size, or an error that
+names the file):
   * `fid_weights`: the FID Inception v3 weights file (torch-fidelity's
-    `weights-inception-2015-12-05-6726825d.pth`) through `feature_extractor_weights_path=`, 2048-d pool
-    features, `antialias=False` by default for numbers comparable with earlier papers. This path needs
-    the `torch-fidelity` package (it holds the Inception graph, and it pulls torchvision); without it the
-    error names the alternative below.
-  * `fid_torchscript`: any TorchScript module that maps uint8 images (N, 3, H, W) to features (N, D),
-    passed as torchmetrics' custom `feature` module (tests use a tiny one through this interface).
+    `weights-inception-2015-12-05-6726825d.pth`) through torchmetrics' `feature_extractor_weights_path=`,
+    2048-d pool features, `antialias=False` by default for numbers comparable with earlier papers. This
+    path needs the `torch-fidelity` package (it holds the Inception graph, and it pulls torchvision);
+    without it the error names the alternative below.
+  * `fid_torchscript`: a TorchScript module taking uint8-range images (N, 3, H, W). NVlabs'
+    `inception-2015-12-05.pt` (StyleGAN's and clean-fid's) returns 1008 class probabilities unless called
+    with `return_features=True`, so that argument is passed whenever the module's forward schema has it;
+    a file or module named Inception must then give 2048-d features. Tests use tiny random modules.
 CLIP score: torchmetrics' `CLIPScore` with a callable that loads a CLIP model and processor from a local
 folder (torchmetrics only takes a local folder whose path contains "openai"). transformers 5's
 `get_image_features` / `get_text_features` return model outputs where torchmetrics 1.9 expects tensors,
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,60 +52,100 @@ def sha256_weights(path: str) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+INCEPTION_FEATURES = 2048  # the pool features every published FID is computed on
+
+
+class FeatureError(RuntimeError):
+    """Features an extractor returned that no Frechet distance can be computed on."""
+
+
 @dataclass
 class FidExtractor:
-    """uint8 (N, 3, H, W) -> features (N, D) through torchmetrics' FrechetInceptionDistance module."""
+    """uint8 (N, 3, H, W) -> features (N, feature_size), checked: finite and of the one expected size."""
 
-    metric: object  # torchmetrics.image.fid.FrechetInceptionDistance
-    kind: str  # "inception" | "torchscript"
+    module: object  # a callable network (TorchScript module, or torchmetrics' Inception)
+    kind: str  # "inception" (torch-fidelity weights) | "torchscript"
     path: str
     sha256: str
-    antialias: bool
+    antialias: bool | None  # the resize into torchmetrics' Inception; None: the TorchScript resizes itself
+    call_kwargs: dict = field(default_factory=dict)  # {"return_features": True} for NVlabs' Inception
+    feature_size: int = 0
 
     @torch.no_grad()
+    def raw(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        device = next(iter(self.module.parameters()), torch.empty(0)).device
+        out = self.module(images_uint8.to(device), **self.call_kwargs)
+        return out.reshape(images_uint8.shape[0], -1).float().cpu()
+
     def features(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        device = next(iter(self.metric.parameters()), torch.empty(0)).device
-        return self.metric.inception(images_uint8.to(device)).reshape(images_uint8.shape[0], -1).float().cpu()
+        f = self.raw(images_uint8)
+        if f.shape[1] != self.feature_size:
+            raise FeatureError(f"FID extractor {self.path}: {f.shape[1]}-d features, expected {self.feature_size}")
+        bad = ~torch.isfinite(f)
+        if bad.any():
+            rows = sorted({int(i) for i in bad.nonzero()[:, 0]})
+            raise FeatureError(f"FID extractor {self.path}: non-finite features (NaN or inf) for images {rows[:10]} "
+                               f"of a batch of {f.shape[0]}; no Frechet distance is computed on them")
+        return f
 
     def provenance(self) -> dict:
         return {"kind": self.kind, "path": os.path.abspath(self.path), "sha256": self.sha256,
-                "antialias": self.antialias}
+                "antialias": self.antialias, "call": dict(self.call_kwargs), "feature_size": self.feature_size}
 
 
-class _TorchScriptFeatures(torch.nn.Module):
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
+def forward_arguments(module) -> list[str]:
+    """Names of a TorchScript module's forward arguments (without self)."""
+    return [a.name for a in module.forward.schema.arguments][1:]
 
-    def forward(self, x):
-        return self.module(x)
+
+def named_inception(path: str, module=None) -> bool:
+    names = [os.path.basename(path), getattr(module, "original_name", "") or ""]
+    return any("inception" in n.lower() for n in names)
+
+
+def _probe_size(module, kwargs: dict) -> int:
+    probe = torch.randint(0, 256, (2, 3, 299, 299), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        return int(module(probe, **kwargs).reshape(2, -1).shape[1])
+
+
+def load_torchscript_extractor(path: str, device: str = "cpu") -> FidExtractor:
+    """A TorchScript FID extractor called as its authors call it: with `return_features=True` when its
+    forward takes that argument (NVlabs' inception-2015-12-05.pt returns 1008 class probabilities
+    otherwise). A file or module named Inception must give 2048-d features."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FID TorchScript extractor {path!r} not found")
+    module = torch.jit.load(path, map_location="cpu").eval()
+    kwargs = {"return_features": True} if "return_features" in forward_arguments(module) else {}
+    size = _probe_size(module, kwargs)
+    if named_inception(path, module) and size != INCEPTION_FEATURES:
+        raise FeatureError(f"FID extractor {path}: an Inception network here gives {size}-d outputs, not the "
+                           f"{INCEPTION_FEATURES}-d pool features FID is computed on (its forward takes "
+                           f"{forward_arguments(module)}; NVlabs' file takes return_features)")
+    return FidExtractor(module.to(device), "torchscript", path, sha256_file(path), None, kwargs, size)
 
 
 def load_fid_extractor(fid_weights: str = "", fid_torchscript: str = "", antialias: bool = False,
                        device: str = "cpu") -> FidExtractor | None:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     if fid_weights and fid_torchscript:
         raise ValueError("give one of fid_weights (Inception) and fid_torchscript, not both")
     if fid_weights:
         if not os.path.isfile(fid_weights):
             raise FileNotFoundError(f"FID Inception weights {fid_weights!r} not found")
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
         try:
-            metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=fid_weights,
+            metric = FrechetInceptionDistance(feature=INCEPTION_FEATURES, feature_extractor_weights_path=fid_weights,
                                               antialias=antialias, normalize=False)
         except ModuleNotFoundError as e:
             raise RuntimeError(
                 "the FID Inception network comes from the torch-fidelity package, which is not installed here "
                 "(it pulls torchvision, which breaks this environment's transformers and diffusers imports). Pass "
-                "--fid-torchscript with a TorchScript export of the extractor instead (docs/evaluation.md shows "
-                "how to export torchmetrics' Inception once in a separate environment)") from e
-        return FidExtractor(metric.to(device), "inception", fid_weights, sha256_file(fid_weights), antialias)
+                "--fid-torchscript with NVlabs' inception-2015-12-05.pt instead (docs/evaluation.md)") from e
+        return FidExtractor(metric.inception.to(device), "inception", fid_weights, sha256_file(fid_weights),
+                            antialias, {}, INCEPTION_FEATURES)
     if fid_torchscript:
-        if not os.path.isfile(fid_torchscript):
-            raise FileNotFoundError(f"FID TorchScript extractor {fid_torchscript!r} not found")
-        module = torch.jit.load(fid_torchscript, map_location="cpu").eval()
-        metric = FrechetInceptionDistance(feature=_TorchScriptFeatures(module), normalize=False)
-        return FidExtractor(metric.to(device), "torchscript", fid_torchscript, sha256_file(fid_torchscript), antialias)
+        return load_torchscript_extractor(fid_torchscript, device)
     return None
 
 

@@ -4,7 +4,10 @@ Per (method, level): FID over whole images and local FID over the box crop (agai
 real images and crops, whose statistics are computed once), CLIP score between the prompt and the
 output's box crop, background preservation (MSE and PSNR outside the given mask, and inside the given
 mask but outside the object's exact mask), and for SmartBrush the predicted mask's IoU with the exact
-mask. Generated images are not held: their features and per-sample measures are taken as they come.
+mask beside the given mask's own IoU with it (what the head must beat) and the predicted mask's share of
+the given mask. Every method's output goes through the same post-processing (`composite`, recorded in
+metrics.json). Generated images are not held: their features and per-sample measures are taken as they
+come.
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ from smartbrush.eval.benchmark import BenchmarkSample, benchmark_info, read_benc
 from smartbrush.eval.config import EvalConfig, resolved_methods
 from smartbrush.eval.extractors import ClipScorer, FidExtractor, load_clip_scorer, load_fid_extractor, sha256_weights
 from smartbrush.eval.frechet import FeatureStats, fid_from_stats
-from smartbrush.eval.measures import box_crop, iou, psnr, region_mse, to_nchw_uint8
+from smartbrush.eval.report import METRIC_ORDER
+from smartbrush.eval.measures import box_crop, iou, paste, psnr, region_mse, resize_square, to_nchw_uint8
 
 log = logging.getLogger("smartbrush.eval")
 
 METRICS_SCHEMA = "smartbrush.eval_metrics"
-METRICS_VERSION = 1
+METRICS_VERSION = 2
+COMPOSITE_NOTES = {
+    "given": "every method's decoded image pasted into the input through the given mask (hard edge)",
+    "none": "every method's decoded image as it is (no pixel-space composite)",
+    "native": "each method as it ships: SmartBrush composited through its predicted mask (feathered), "
+              "the baselines' decoded images as they are",
+}
 SMARTBRUSH_METHODS = ("smartbrush", "smartbrush-noswitch")
+MASK_METRICS = ("mask_iou", "mask_iou_given", "pred_mask_area")
 
 
 class OverlapError(RuntimeError):
@@ -140,19 +151,27 @@ class Runner:
         if self.name in SMARTBRUSH_METHODS:
             out = self.pipe(**common, precision=[precision] * len(batch),
                             switch_at=s.switch_at if self.name == "smartbrush" else None,
-                            mask_threshold=s.mask_threshold, mask_dilation=s.mask_dilation, feather=s.feather)
+                            mask_threshold=s.mask_threshold, mask_dilation=s.mask_dilation, feather=s.feather,
+                            composite=self.cfg.composite == "native")
             pred = [np.asarray(m) > 0.5 for m in out.masks]
         else:
             out = self.pipe(**common)
             pred = None
         outs = [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in out.images]
-        if self.name not in SMARTBRUSH_METHODS and self.cfg.baseline_composite:
-            outs = [np.where(b.masks[level][..., None], o, b.image) for o, b in zip(outs, batch)]
-        return outs, pred
+        return postprocess(outs, batch, level, self.cfg.composite), pred
 
 
-def _features(extractor: FidExtractor | None, images: list[np.ndarray]) -> torch.Tensor | None:
-    return None if extractor is None else extractor.features(to_nchw_uint8(images))
+def postprocess(outs: list[np.ndarray], batch: list[BenchmarkSample], level: int, composite: str) -> list[np.ndarray]:
+    """The scored images: with composite "given", every output pasted into its input through the given mask."""
+    if composite != "given":
+        return outs
+    return [paste(o, b.image, b.masks[level]) for o, b in zip(outs, batch)]
+
+
+def _features(extractor: FidExtractor | None, images: list[np.ndarray], size: int = 0) -> torch.Tensor | None:
+    if extractor is None:
+        return None
+    return extractor.features(to_nchw_uint8([resize_square(im, size) for im in images]))
 
 
 def run_eval(checkpoint: str, benchmark: str, out: str, cfg: EvalConfig, allow_overlap: bool = False,
@@ -207,7 +226,7 @@ def run_eval(checkpoint: str, benchmark: str, out: str, cfg: EvalConfig, allow_o
     if fid is not None:
         for i in tqdm(range(0, len(samples), cfg.batch_size), desc="real features", unit="batch"):
             batch = samples[i:i + cfg.batch_size]
-            real_fid.update(_features(fid, [b.image for b in batch]))
+            real_fid.update(_features(fid, [b.image for b in batch], m.fid_size))
             real_local.update(_features(fid, [box_crop(b.image, b.box, m.local_size) for b in batch]))
 
     groups: dict[tuple[str, int], GroupAccumulator] = {}
@@ -242,7 +261,10 @@ def run_eval(checkpoint: str, benchmark: str, out: str, cfg: EvalConfig, allow_o
         "benchmark": {**bench, "samples_evaluated": len(samples)},
         "methods": {name: {"weights_sha256": runners[name].weights if hasattr(runners[name], "weights") else None}
                     for name in methods},
-        "levels": [{"benchmark_level": lv, "precision": precisions[lv]} for lv in levels],
+        "levels": [{"benchmark_level": lv, "precision": precisions[lv],
+                    "type": _level_type(bench, samples, lv)} for lv in levels],
+        "postprocess": {"composite": cfg.composite, "description": COMPOSITE_NOTES[cfg.composite]},
+        "comparable": comparable_key(bench, samples, fid, clip, cfg),
         "feature_extractors": {"fid": fid.provenance() if fid else None, "clip": clip.provenance() if clip else None},
         "contamination": {**contam.to_json(), "allowed": bool(allow_overlap)},
         "not_computed": _not_computed(fid, clip),
@@ -257,7 +279,7 @@ def _measure(acc: GroupAccumulator, batch, outs, preds, lv, fid, clip, cfg: Eval
     m = cfg.metrics
     crops = [box_crop(o, b.box, m.local_size) for o, b in zip(outs, batch)]
     if fid is not None:
-        acc.fid.update(_features(fid, outs))
+        acc.fid.update(_features(fid, outs, m.fid_size))
         acc.local_fid.update(_features(fid, crops))
     if clip is not None:
         clip.update(to_nchw_uint8(crops), [b.prompt(cfg.prompt) for b in batch])
@@ -271,7 +293,33 @@ def _measure(acc: GroupAccumulator, batch, outs, preds, lv, fid, clip, cfg: Eval
         acc.add("bg_psnr_mask_not_object", None if between is None else psnr(between, m.psnr_cap_db))
         if preds is not None:
             acc.add("mask_iou", iou(preds[k], exact))
+            acc.add("mask_iou_given", iou(given, exact))
+            acc.add("pred_mask_area", float(preds[k].sum()) / max(int(given.sum()), 1))
     acc.n += len(batch)
+
+
+def _level_type(bench: dict, samples: list[BenchmarkSample], level: int) -> str:
+    schedule = bench.get("mask_schedule") or samples[0].meta.get("mask_schedule") or {}
+    levels = schedule.get("levels") or []
+    return str(levels[level].get("type", "?")) if level < len(levels) else "?"
+
+
+def comparable_key(bench: dict, samples: list[BenchmarkSample], fid, clip, cfg: EvalConfig) -> dict:
+    """What must agree for two metrics.json to share a table (`smartbrush eval compare` checks it)."""
+    m = cfg.metrics
+    return {
+        "benchmark_manifest_sha256": bench["manifest_sha256"],
+        "samples_evaluated": len(samples),
+        "resolution": int(samples[0].image.shape[0]),
+        "fid_size": m.fid_size or int(samples[0].image.shape[0]),
+        "local_size": m.local_size,
+        "fid_extractor_sha256": fid.sha256 if fid else None,
+        "fid_feature_size": fid.feature_size if fid else None,
+        "fid_antialias": fid.antialias if fid else None,
+        "clip_sha256": clip.sha256 if clip else None,
+        "prompt": cfg.prompt,
+        "composite": cfg.composite,
+    }
 
 
 def _not_computed(fid, clip) -> list[str]:
@@ -299,10 +347,9 @@ def _rows(groups, precisions, real_fid, real_local, fid, clip, runners, cfg) -> 
             row("local_fid", fid_from_stats(real_local, acc.local_fid) if enough else None, acc.local_fid.n, fid_sha)
         if clip is not None:
             row("clip_score", acc.per_sample["clip_score_group"][0], acc.n, clip.sha256)
-        for metric in ("bg_mse_outside", "bg_psnr_outside", "bg_mse_mask_not_object", "bg_psnr_mask_not_object",
-                       "mask_iou"):
+        for metric in METRIC_ORDER[3:]:
             values = acc.per_sample.get(metric, [])
-            if metric == "mask_iou" and name not in SMARTBRUSH_METHODS:
+            if metric in MASK_METRICS and name not in SMARTBRUSH_METHODS:
                 continue
             row(metric, float(np.mean(values)) if values else None, len(values))
     return rows

@@ -1,4 +1,4 @@
-"""Per-sample measures on uint8 RGB arrays: background preservation, mask IoU, box crops."""
+"""Per-sample measures on uint8 RGB arrays: background preservation, mask IoU, box crops, pasting, resizing."""
 
 from __future__ import annotations
 
@@ -50,3 +50,15 @@ def to_nchw_uint8(images: list[np.ndarray]):
     import torch
 
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def paste(output: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`output` inside `mask` (H x W bool), `image` outside it."""
+    return np.where(np.asarray(mask, bool)[..., None], output, image)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """The image resized to size x size (bicubic); itself when size is 0 or already its size."""
+    if not size or image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))

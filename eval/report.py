@@ -1,4 +1,5 @@
-"""Write an evaluation's outputs: metrics.json, metrics.csv, metrics.md, grid_s<level>.png, config.yaml."""
+"""Write an evaluation's outputs: metrics.json, metrics.csv, metrics.md (laid out as the paper's tables),
+grid_s<level>.png, config.yaml."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from smartbrush.eval.config import to_yaml
 
 CSV_FIELDS = ("method", "level", "precision", "metric", "value", "samples", "feature_sha256")
 LOWER_IS_BETTER = {"fid", "local_fid", "bg_mse_outside", "bg_mse_mask_not_object"}
+# Rows per (method, level), in the order tables show them: the paper's columns, then background
+# preservation, then the mask head's measures with the one that rewards an empty predicted mask beside them.
+METRIC_ORDER = ("fid", "local_fid", "clip_score", "bg_mse_outside", "bg_psnr_outside", "mask_iou", "mask_iou_given",
+                "pred_mask_area", "bg_mse_mask_not_object", "bg_psnr_mask_not_object")
+NEEDS_CONTEXT = ("bg_mse_mask_not_object", "bg_psnr_mask_not_object")
+LABELS = {"fid": "FID", "local_fid": "local FID", "clip_score": "CLIP score", "bg_mse_outside": "bg MSE",
+          "bg_psnr_outside": "bg PSNR", "mask_iou": "mask IoU", "mask_iou_given": "given-mask IoU",
+          "pred_mask_area": "pred. mask area", "bg_mse_mask_not_object": "box-bg MSE",
+          "bg_psnr_mask_not_object": "box-bg PSNR"}
 
 
 def _json_safe(value):
@@ -46,27 +56,60 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def level_title(level: dict) -> str:
+    kind = {"exact": "accurate masks", "box": "box masks"}.get(level.get("type"), f"{level.get('type', '?')} masks")
+    return f"{kind}: benchmark level {level['benchmark_level']}, checkpoint precision s = {level['precision']}"
+
+
+def shown_metrics(present: set[str]) -> list[str]:
+    """The columns of a table, in METRIC_ORDER; bg_*_mask_not_object only beside mask IoU and CLIP score
+    (alone it rewards an empty predicted mask)."""
+    cols = [m for m in METRIC_ORDER if m in present]
+    if not {"mask_iou", "clip_score"} <= present:
+        cols = [m for m in cols if m not in NEEDS_CONTEXT]
+    return cols
+
+
+def table(rows: list[dict], level: int, metrics: list[str]) -> list[str]:
+    """One markdown table: a row per method, a column per metric, then n."""
+    lines = ["| method | " + " | ".join(LABELS.get(m, m) for m in metrics) + " | n |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        got = {r["metric"]: r for r in rows if r["method"] == method and r["level"] == level}
+        if not got:
+            continue
+        n = max((r["samples"] for r in got.values()), default=0)
+        lines.append(f"| {method} | " + " | ".join(_fmt(got[m]["value"]) if m in got else "n/a" for m in metrics)
+                     + f" | {n} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
+    """Laid out as the paper's Tables 1 and 2: one table per level (accurate masks, box masks), a row per
+    method; FID, local FID and CLIP score first, then background preservation and the mask head."""
     rows = result["metrics"]
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    present = {r["metric"] for r in rows}
+    metrics = shown_metrics(present)
     bench = result["benchmark"]
+    comp = result.get("comparable", {})
     lines = [f"# Evaluation of {result['checkpoint']['path']}", "",
              f"Benchmark `{bench['path']}` (manifest sha256 `{bench['manifest_sha256'][:12]}`), "
-             f"{bench['samples_evaluated']} samples. Lower is better for "
-             f"{', '.join(sorted(LOWER_IS_BETTER))}; higher for the rest.", ""]
+             f"{bench['samples_evaluated']} samples"
+             + (f", protocol `{result['config'].get('protocol')}`" if result["config"].get("protocol") else "")
+             + f". FID at {comp.get('fid_size', '?')} px, local FID and CLIP score on the box crop at "
+             f"{comp.get('local_size', '?')} px. Post-processing: {result['postprocess']['description']}. "
+             f"Lower is better for {', '.join(LABELS[m] for m in METRIC_ORDER if m in LOWER_IS_BETTER)}; "
+             "pred. mask area is the predicted mask's share of the given mask; higher is better for the rest.", ""]
     for lv in result["levels"]:
-        lines += [f"## Benchmark level {lv['benchmark_level']} (checkpoint precision s = {lv['precision']})", "",
-                  "| method | " + " | ".join(metrics) + " | n |", "|---" * (len(metrics) + 2) + "|"]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            got = {r["metric"]: r for r in rows if r["method"] == method and r["level"] == lv["benchmark_level"]}
-            n = max((r["samples"] for r in got.values()), default=0)
-            lines.append(f"| {method} | " + " | ".join(_fmt(got[m]["value"]) if m in got else "n/a" for m in metrics)
-                         + f" | {n} |")
-        lines.append("")
+        lines += [f"## {level_title(lv)}", ""] + table(rows, lv["benchmark_level"], metrics) + [""]
+    hidden = sorted(present & set(NEEDS_CONTEXT) - set(metrics))
+    if hidden:
+        lines += [f"({', '.join(hidden)} in metrics.json only: shown only beside mask IoU and CLIP score.)", ""]
     fe = result["feature_extractors"]
     lines += ["## Provenance", ""]
     for name, p in fe.items():
-        lines.append(f"- {name}: " + (f"{p['kind']} `{p['path']}` sha256 `{p['sha256']}`" if p else "not used"))
+        extra = f", {p['feature_size']}-d features" if p and p.get("feature_size") else ""
+        lines.append(f"- {name}: " + (f"{p['kind']} `{p['path']}` sha256 `{p['sha256']}`{extra}" if p else "not used"))
     for name, m in result["methods"].items():
         lines.append(f"- {name}: UNet weights sha256 `{m['weights_sha256']}`")
     c = result["contamination"]
