@@ -228,3 +228,134 @@ def test_sample_cli_writes_image_mask_and_settings(tmp_path):
     assert main(base + ["--precision", "3", "--out", str(tmp_path / "bad.png")]) == 2  # the checkpoint knows 0..2
     with pytest.raises(SystemExit):
         main(base + ["--precision", "0", "--out", str(tmp_path / "x.png"), "--stepz", "3"])
+
+
+# ---- sampling feeds the UNet what training feeds it --------------------------------------------------
+
+def stroke_and_box_mask(size: int = SIZE) -> np.ndarray:
+    """A box and a one-pixel stroke on an odd column: off the tiny VAE's 2-px latent grid."""
+    m = box_mask(size)
+    m[2:30, 27] = True
+    return m
+
+
+class _Recorder:
+    """Records every UNet call's input sample, timestep, text embedding and class labels."""
+
+    def __init__(self, unet):
+        self.calls = []
+        self.handle = unet.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        hidden = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
+        self.calls.append((sample.detach().clone(), hidden.detach().clone(), kwargs["class_labels"].clone()))
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _training_input(parts: dict, image: np.ndarray, mask: np.ndarray, level: int, prompt: str):
+    """The UNet input, text embedding and level `forward_loss` builds for one inpainting sample."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from smartbrush.train.config import load_train_config
+    from smartbrush.train.loop import forward_loss
+
+    level_map = np.where(mask, 0, 255).astype(np.uint8)
+    batch = {"image": torch.from_numpy(image).permute(2, 0, 1)[None], "level_map": torch.from_numpy(level_map)[None, None],
+             "level": torch.tensor([level]), "is_inpainting": torch.tensor([True]), "text": [prompt], "key": ["k"]}
+    c = SimpleNamespace(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                        scheduler=DDPMScheduler.from_config(parts["scheduler"].config))
+    cfg = load_train_config("tiny", {"data": {"text_dropout": 0.0}})
+    with torch.no_grad():
+        _, _, extra = forward_loss(c, parts["unet"], batch, cfg, torch.Generator().manual_seed(0), "cpu")
+    return extra["unet_input"], extra["text_embeds"], batch["level"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_sampler_feeds_the_unet_what_training_feeds_it(tmp_path, scheduler):
+    """At every sampling step the mask channel and the masked-image latents are exactly the training
+    ones, and outside the given mask the latents are the clean image latents (after the scheduler's
+    scale_model_input, whatever it scales by), as the training objective's forward process leaves them."""
+    from diffusers import EulerDiscreteScheduler
+
+    parts = tiny_components(str(tmp_path))
+    if scheduler == "euler":
+        parts["scheduler"] = EulerDiscreteScheduler.from_config(parts["scheduler"].config)
+    p = SmartBrushPipeline(**parts)
+    p.set_progress_bar_config(disable=True)
+    image, mask = picture(1), stroke_and_box_mask()
+    trained, text, level = _training_input(parts, image, mask, 1, "a red ball")
+    outside = (trained[:, 4:5] < 0.5).expand(-1, 4, -1, -1)
+    assert trained[:, 4:5].sum() > box_mask()[::2, ::2].sum()  # the stroke is in the latent mask
+
+    rec = _Recorder(p.unet)
+    run(p, image=Image.fromarray(image), mask_image=Image.fromarray(mask.astype(np.uint8) * 255), precision=1,
+        num_inference_steps=6, guidance_scale=5.0)
+    rec.remove()
+    assert len(rec.calls) == 6
+    for step, (x, hidden, labels) in enumerate(rec.calls):
+        assert x.shape == (2,) + tuple(trained.shape[1:])  # classifier-free guidance: [unconditional, text]
+        for half in x:  # both halves see the same conditioning
+            half = half[None]
+            assert torch.equal(half[:, 4:5], trained[:, 4:5]), step  # the mask channel
+            torch.testing.assert_close(half[:, 5:], trained[:, 5:], rtol=0, atol=1e-5)  # masked-image latents
+            torch.testing.assert_close(half[:, :4][outside], trained[:, :4][outside], rtol=0, atol=1e-5)
+            assert not torch.allclose(half[:, :4][~outside], trained[:, :4][~outside], atol=1e-2)  # noisy inside
+        torch.testing.assert_close(hidden[1:], text, rtol=0, atol=1e-6)
+        assert torch.equal(labels, level.repeat(2))
+
+
+def test_latent_mask_covers_thin_and_off_grid_strokes(pipe):
+    from smartbrush.model.inputs import mask_to_latent
+
+    seen = {}
+
+    def callback(pipe, step, t, kw):
+        seen["mask"] = kw["mask"].clone()
+        return {}
+
+    mask = stroke_and_box_mask()
+    run(pipe, mask_image=Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=2,
+        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["mask"])
+    pooled = mask_to_latent(torch.from_numpy(mask)[None, None].float(), (SIZE // 2, SIZE // 2))
+    assert torch.equal(seen["mask"], pooled)
+    assert seen["mask"][0, 0, 1:15, 13].sum() == 14  # the 1-px stroke at column 27 -> latent column 13
+    # At SD's scale (8 px a latent cell), a 4-px stroke off the grid covers one latent cell per row.
+    big = torch.zeros(1, 1, 512, 512)
+    big[..., 2:6] = 1
+    assert mask_to_latent(big, (64, 64)).sum() == 64
+
+
+def test_scheduler_config_without_clip_sample_is_corrected(tmp_path):
+    from diffusers import DDIMScheduler
+
+    parts = tiny_components(str(tmp_path))
+    config = {k: v for k, v in parts["scheduler"].config.items() if k != "clip_sample"}
+    old = DDIMScheduler.from_config(config)  # an SD v1.4-era config: clip_sample missing, so True
+    assert old.config.clip_sample is True
+    p = SmartBrushPipeline(**{**parts, "scheduler": old})
+    p.set_progress_bar_config(disable=True)
+    assert p.scheduler.config.clip_sample is False
+    p.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False
+    ref = run(p, seed=2, output_type="latent").images
+    # A scheduler swapped in after construction is corrected at call time.
+    p.scheduler = DDIMScheduler.from_config(config)
+    assert torch.equal(run(p, seed=2, output_type="latent").images, ref)
+    assert p.scheduler.config.clip_sample is False
+
+
+def test_switch_at_one_composites_through_the_given_mask(tmp_path):
+    p = SmartBrushPipeline(**tiny_components(str(tmp_path)))
+    p.set_progress_bar_config(disable=True)
+    set_mask_bias(p.unet, -8.0)  # the model predicts "no object"
+    out = run(p, num_inference_steps=4, switch_at=1.0, output_type="pil")
+    assert p.switch_step is None
+    got, given = np.asarray(out.images[0]), box_mask()
+    assert np.array_equal(got[~given], picture(1)[~given])
+    assert not np.array_equal(got[given], picture(1)[given])  # painted through the given mask
+    assert np.array_equal(got, np.asarray(run(p, num_inference_steps=4, switch_at=None, output_type="pil").images[0]))

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from smartbrush.pipeline.commands.build import run_build
 from smartbrush.pipeline.commands.demo import sample_build_args
@@ -118,14 +119,30 @@ def test_shard_sets_that_disagree_fail_naming_both(sets):
         read_shard_set(sets["inpainting"], "text_to_image")
 
 
+def _old_sd_base(folder):
+    """The tiny base with an SD v1.4-era scheduler config: no `clip_sample` key (loads as True)."""
+    from smartbrush.model.tiny import build_tiny_sd
+
+    build_tiny_sd(str(folder))
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    del config["clip_sample"]
+    path.write_text(json.dumps(config))
+    return folder
+
+
 @pytest.mark.slow
 def test_tiny_preset_trains_and_resumes_exactly(sets, tmp_path):
     from diffusers import UNet2DConditionModel
 
     from smartbrush.cli import main
+    from smartbrush.model.sampling_pipeline import SmartBrushPipeline
 
     run = tmp_path / "run"
-    args = ["train", "--config", "tiny", "--inpainting-shards", sets["inpainting"], "--t2i-shards", sets["t2i"],
+    _old_sd_base(run / "base")  # the tiny preset builds RUN/base unless it is there
+    tiny = yaml.safe_load((_preset_dir() / "tiny.yaml").read_text())
+    config = _yaml(tmp_path, yaml.safe_dump({**tiny, "use_ema": True}))
+    args = ["train", "--config", str(config), "--inpainting-shards", sets["inpainting"], "--t2i-shards", sets["t2i"],
             "--out", str(run), "--validation-shards", sets["inpainting"], "--validate-every", "15"]
     assert main(args) == 0
     losses = [json.loads(line) for line in open(run / "logs" / "losses.jsonl")]
@@ -137,7 +154,17 @@ def test_tiny_preset_trains_and_resumes_exactly(sets, tmp_path):
     assert [v["step"] for v in val] == [15, 30] and val[0]["by_level"]
     unet = UNet2DConditionModel.from_pretrained(run / "final" / "unet")
     assert (unet.config.in_channels, unet.config.out_channels, unet.config.num_class_embeds) == (9, 5, 5)
-    # an interrupted run resumed from step 15 reproduces steps 16-30 exactly
+    # final/ is a saved pipeline, with the scheduler config corrected as diffusers' SD pipelines correct it
+    pipe = SmartBrushPipeline.from_pretrained(run / "final")
+    assert pipe.scheduler.config.clip_sample is False
+    assert json.load(open(run / "final" / "scheduler" / "scheduler_config.json"))["clip_sample"] is False
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.zeros(1, 3, 64, 64)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    out = pipe(prompt="a dog", image=image, mask_image=mask, precision=4, num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    # an interrupted run resumed from step 15 (EMA on) reproduces steps 16-30 and the final UNet exactly
     import shutil
 
     shutil.rmtree(run / "checkpoint-30")
@@ -187,3 +214,96 @@ def _yaml(tmp_path, text):
     p = tmp_path / "c.yaml"
     p.write_text(text)
     return p
+
+
+def _preset_dir():
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parents[1] / "presets" / "train"
+
+
+def test_ema_is_on_the_device_after_a_resume(tmp_path):
+    """accelerate loads registered objects on the CPU; the EMA weights must follow the model's device."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.training_utils import EMAModel
+
+    from smartbrush.train.loop import load_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    accelerator = Accelerator(project_config=ProjectConfiguration(project_dir=str(tmp_path)))
+    model = accelerator.prepare(model)
+    ema = EMAModel(model.parameters(), decay=0.9)
+    accelerator.register_for_checkpointing(ema)
+    ema.step(model.parameters())
+    accelerator.save_state(str(tmp_path / "checkpoint-1"))
+    saved = [p.clone() for p in ema.shadow_params]
+    load_checkpoint(accelerator, str(tmp_path / "checkpoint-1"), ema, "meta")  # a device other than the CPU
+    assert all(p.device.type == "meta" for p in ema.shadow_params) and ema.optimization_step == 1
+    load_checkpoint(accelerator, str(tmp_path / "checkpoint-1"), ema, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, saved))
+
+
+def test_global_batch_size_sets_the_accumulation():
+    from smartbrush.train.loop import accumulation_steps
+
+    cfg = load_train_config("sd-v1")
+    assert cfg.global_batch_size == 1024 and cfg.max_steps == 20000  # the paper's batch and steps
+    assert cfg.global_batch_size % (cfg.data.batch_size * 8) == 0
+    assert [accumulation_steps(cfg, n) for n in (1, 8, 64)] == [1024 // cfg.data.batch_size,
+                                                                 1024 // cfg.data.batch_size // 8, 1]
+    with pytest.raises(ValueError, match="not a multiple"):
+        accumulation_steps(cfg, 3)
+    plain = load_train_config("tiny", {"gradient_accumulation_steps": 3})
+    assert accumulation_steps(plain, 4) == 3
+    with pytest.raises(ValueError, match="global_batch_size"):
+        load_train_config("tiny", {"global_batch_size": 5})
+
+
+_TWO_RANKS = """
+import json, os, sys
+import torch
+from smartbrush.train import loop
+from smartbrush.train.config import load_train_config
+from smartbrush.train.stream import read_shard_set
+
+rank = int(os.environ["RANK"])
+real, calls = loop.forward_loss, {"n": 0}
+
+def poisoned(c, unet, batch, cfg, generator, device):
+    loss, parts, extra = real(c, unet, batch, cfg, generator, device)
+    if unet.training:
+        calls["n"] += 1
+    return (loss * float("nan") if rank == 1 and calls["n"] == 7 else loss), parts, extra
+
+loop.forward_loss = poisoned
+cfg = load_train_config("tiny", {"max_steps": 10, "checkpoint_every": 3, "optim": {"warmup_steps": 4}})
+try:
+    loop.train(cfg, [read_shard_set(sys.argv[1], "inpainting")], [], sys.argv[2])
+    result = "finished"
+except loop.TrainingDiverged as e:
+    result = str(e)
+with open(os.path.join(sys.argv[2], f"rank{rank}.txt"), "w") as f:
+    f.write(result)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_warm_up_and_stop_together(sets, tmp_path):
+    """Two CPU processes (torch.distributed, gloo): the LR warm-up lasts warmup_steps optimizer steps,
+    and a NaN loss on one rank stops both ranks with TrainingDiverged (no rank left waiting)."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), sets["inpainting"], str(run)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=str(tmp_path))
+    results = {r: (run / f"rank{r}.txt").read_text() if (run / f"rank{r}.txt").exists() else proc.stderr[-3000:]
+               for r in (0, 1)}
+    for r in (0, 1):
+        assert results[r].startswith("loss is nan on rank 1 at step 7"), results[r]
+        assert "checkpoint-6" in results[r]
+    lrs = [json.loads(line)["lr"] for line in open(run / "logs" / "losses.jsonl")]
+    lr = load_train_config("tiny").optim.learning_rate
+    assert lrs == pytest.approx([lr * k / 4 for k in (1, 2, 3)] + [lr] * 3)

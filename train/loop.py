@@ -173,15 +173,14 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from accelerate import PartialState
-
     num_levels = check_shard_sets(inpainting, text_to_image, cfg.model.num_levels or None)
-    cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation_steps(cfg, PartialState().num_processes))
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         log_with="tensorboard", dataloader_config=DataLoaderConfiguration(split_batches=False),
         project_config=ProjectConfiguration(project_dir=out_dir, logging_dir=os.path.join(out_dir, "logs")))
+    cfg = dataclasses.replace(cfg, gradient_accumulation_steps=accumulation_steps(cfg, accelerator.num_processes))
+    accelerator.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     set_seed(cfg.seed)
     base = resolve_base(cfg, out_dir)
     c = Components(base, num_levels)
