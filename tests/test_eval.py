@@ -149,11 +149,17 @@ def test_eval_end_to_end(world, tmp_path):
     result = json.loads((out / "metrics.json").read_text())
     methods = ["smartbrush", "smartbrush-noswitch", "sd-inpaint", "sd-blend"]
     assert sorted(result["methods"]) == sorted(methods)
-    assert result["levels"] == [{"benchmark_level": 0, "precision": 0}, {"benchmark_level": 1, "precision": 1}]
+    assert result["levels"] == [{"benchmark_level": 0, "precision": 0, "type": "exact"},
+                                {"benchmark_level": 1, "precision": 1, "type": "box"}]
+    assert result["postprocess"]["composite"] == "given"
     assert result["contamination"]["checked"] and result["contamination"]["benchmark_samples_overlapping"] == 0
     fid_sha = hashlib.sha256(open(world["fid"], "rb").read()).hexdigest()
     assert result["feature_extractors"]["fid"]["sha256"] == fid_sha
+    assert result["feature_extractors"]["fid"]["feature_size"] == 6
+    assert result["comparable"]["fid_feature_size"] == 6 and result["comparable"]["resolution"] == R
     rows = {(r["method"], r["level"], r["metric"]): r for r in result["metrics"]}
+    samples = read_benchmark(world["bench"])
+    given_iou_box = float(np.mean([s.masks[0].sum() / s.masks[1].sum() for s in samples]))
     for m in methods:
         for lv in (0, 1):
             assert rows[(m, lv, "fid")]["samples"] == 4 and rows[(m, lv, "fid")]["value"] >= 0
@@ -162,22 +168,45 @@ def test_eval_end_to_end(world, tmp_path):
             assert rows[(m, lv, "clip_score")]["value"] >= 0
             assert rows[(m, lv, "clip_score")]["feature_sha256"] == result["feature_extractors"]["clip"]["sha256"]
             assert ((m, lv, "mask_iou") in rows) == m.startswith("smartbrush")
+            # Every method pasted into its input through the given mask: the background is the input's.
+            assert rows[(m, lv, "bg_mse_outside")]["value"] == 0.0 and rows[(m, lv, "bg_psnr_outside")]["value"] == 100.0
         # The exact level has no "inside the mask but outside the object" region.
         assert rows[(m, 0, "bg_mse_mask_not_object")]["value"] is None
         assert rows[(m, 1, "bg_mse_mask_not_object")]["samples"] == 4
-    # SmartBrush composites: the background is the input, bit for bit; diffusers' inpainting output is not.
     for m in ("smartbrush", "smartbrush-noswitch"):
-        assert rows[(m, 1, "bg_mse_outside")]["value"] == 0.0 and rows[(m, 1, "bg_psnr_outside")]["value"] == 100.0
         assert 0.0 <= rows[(m, 1, "mask_iou")]["value"] <= 1.0
-    assert rows[("sd-inpaint", 1, "bg_mse_outside")]["value"] > 0
+        # What the head must beat: the given mask's own IoU with the object (1 at the exact level).
+        assert rows[(m, 0, "mask_iou_given")]["value"] == 1.0
+        assert rows[(m, 1, "mask_iou_given")]["value"] == pytest.approx(given_iou_box, rel=1e-12)
+        assert 0.0 <= rows[(m, 1, "pred_mask_area")]["value"] <= 1.0
     with open(out / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == len(result["metrics"])
     md = (out / "metrics.md").read_text()
-    assert "| sd-blend |" in md and "precision s = 1" in md
+    assert "| sd-blend |" in md and "## box masks: benchmark level 1, checkpoint precision s = 1" in md
+    assert "| method | FID | local FID | CLIP score | bg MSE | bg PSNR | mask IoU | given-mask IoU |" in md
     grid = Image.open(out / "grid_s1.png")
     assert grid.size == (160 * 7, 18 + 160 * 4)  # input + 4 methods + 2 predicted-mask columns; 4 rows
     assert (out / "config.yaml").exists()
     assert main(args) == 2  # an existing result is not overwritten
+
+    # The same methods as they ship (SmartBrush's own composite, the baselines' decoded images), then
+    # as decoded: only SmartBrush's native output keeps the input's background bit for bit.
+    for composite in ("native", "none"):
+        other = tmp_path / composite
+        assert main(["eval", "--checkpoint", world["run"], "--benchmark", world["bench"], "--out", str(other),
+                     "--sd-inpaint", str(world["root"] / "sd-inpaint"), "--methods", "smartbrush,sd-inpaint",
+                     "--levels", "1", "--steps", "2", "--batch-size", "2", "--composite", composite,
+                     "--fid-torchscript", world["fid"]]) == 0
+        got = {(r["method"], r["metric"]): r["value"] for r in json.loads((other / "metrics.json").read_text())["metrics"]}
+        assert (got[("smartbrush", "bg_mse_outside")] == 0.0) == (composite == "native")
+        assert got[("sd-inpaint", "bg_mse_outside")] > 0
+    # Runs under different post-processing do not share a table; the refusal names the difference.
+    assert main(["eval", "compare", str(out / "metrics.json"), str(tmp_path / "native" / "metrics.json")]) == 2
+    assert main(["eval", "compare", str(tmp_path / "native"), str(tmp_path / "native"), "--out",
+                 str(tmp_path / "cmp")]) == 0
+    cmp_rows = list(csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
+    assert [(r["run"], r["method"]) for r in cmp_rows] == [("native#1", "smartbrush"), ("native#1", "sd-inpaint"),
+                                                          ("native#2", "smartbrush"), ("native#2", "sd-inpaint")]
 
 
 @pytest.mark.slow
@@ -199,6 +228,9 @@ def test_eval_flags_are_checked(world, tmp_path):
     base = ["eval", "--checkpoint", world["run"], "--benchmark", world["bench"], "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit):
         main(base + ["--stepz", "2"])
+    with pytest.raises(ValueError, match="composite"):
+        (tmp_path / "p.yaml").write_text("composite: pasted\n")
+        main(base + ["--config", str(tmp_path / "p.yaml")])
     with pytest.raises(ValueError, match="sd_inpaint"):
         main(base + ["--methods", "sd-inpaint"])
     with pytest.raises(ValueError, match="unknown keys"):
