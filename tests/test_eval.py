@@ -236,3 +236,17 @@ def test_eval_flags_are_checked(world, tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         (tmp_path / "c.yaml").write_text("sampler:\n  stepz: 3\n")
         main(base + ["--config", str(tmp_path / "c.yaml")])
+
+
+def test_paper_protocols_are_presets_under_config_and_flags(tmp_path):
+    from smartbrush.eval.config import load_eval_config, protocols
+
+    assert protocols() == ["paper-coco", "paper-openimages"]
+    cfg = load_eval_config("", {}, protocol="paper-coco")
+    assert (cfg.protocol, cfg.prompt, cfg.composite, cfg.levels) == ("paper-coco", "label", "given", [0, 1])
+    assert (cfg.metrics.fid_size, cfg.metrics.local_size, cfg.metrics.fid_antialias) == (256, 256, False)
+    (tmp_path / "c.yaml").write_text("metrics:\n  local_size: 299\n")
+    cfg = load_eval_config(str(tmp_path / "c.yaml"), {"metrics": {"fid_size": 299}}, protocol="paper-openimages")
+    assert (cfg.protocol, cfg.metrics.fid_size, cfg.metrics.local_size) == ("paper-openimages", 299, 299)
+    with pytest.raises(ValueError, match="protocol 'paper-laion'"):
+        load_eval_config("", {}, protocol="paper-laion")
