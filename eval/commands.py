@@ -266,18 +266,18 @@ def bench_main(argv: list[str]) -> int:
         p.error("--resolution >= 16, --samples-per-shard >= 1, --per-image >= 1 and --jpeg-quality 1..100 required")
     if a.src and not os.path.exists(a.src):
         p.error(f"SRC {a.src}: no such file or folder")
-    if a.format in ("brushbench", "editbench"):
-        got = importers.read_brushbench(a.src, a.resolution, a.mask_key, source=a.format)
-    elif a.format == "hd-painter":
-        got = importers.read_hd_painter(a.src, a.coco, a.split, a.resolution)
-    elif a.format == "coco-pairs":
-        got = importers.read_coco_pairs(a.src, a.coco, a.split, a.resolution)
-    else:
-        got = importers.read_coco_paper(a.coco, a.split, a.resolution, a.per_image, a.seed, a.min_area)
     try:
+        if a.format in ("brushbench", "editbench"):
+            got = importers.read_brushbench(a.src, a.resolution, a.mask_key, source=a.format)
+        elif a.format == "hd-painter":
+            got = importers.read_hd_painter(a.src, a.coco, a.split, a.resolution)
+        elif a.format == "coco-pairs":
+            got = importers.read_coco_pairs(a.src, a.coco, a.split, a.resolution)
+        else:
+            got = importers.read_coco_paper(a.coco, a.split, a.resolution, a.per_image, a.seed, a.min_area)
         manifest = write_benchmark(a.out, got.samples, got.rejected, got.inputs, got.config, a.samples_per_shard,
                                    a.jpeg_quality)
-    except FileExistsError as e:
+    except (OSError, ValueError, KeyError) as e:
         print(f"smartbrush bench: {e}", file=sys.stderr)
         return 2
     c = manifest["counts"]

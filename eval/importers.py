@@ -131,7 +131,10 @@ def read_brushbench(src: str, resolution: int = BRUSHBENCH_SIZE, mask_key: str =
     mapping_path = os.path.join(src, "mapping_file.json") if os.path.isdir(src) else src
     base = os.path.dirname(os.path.abspath(mapping_path))
     with open(mapping_path) as f:
-        mapping = json.load(f)
+        try:
+            mapping = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{mapping_path}: not JSON ({e})") from None
     if not isinstance(mapping, dict):
         raise ValueError(f"{mapping_path}: expected {{id: {{image, caption, {mask_key}}}}}")
     res = Imported(inputs=[mapping_path], config={"format": source, "mask_key": mask_key, "resolution": resolution,
