@@ -78,6 +78,11 @@ def is_transient(error: BaseException) -> bool:
     status = getattr(error, "status", None) or getattr(error, "code", None)
     if isinstance(status, int) and 400 <= status < 600:
         return status in _TRANSIENT_HTTP
+    cause = error.__cause__
+    if isinstance(error, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        # fsspec's HTTP filesystem reports any failure to stat a URL (a refused or dropped connection,
+        # a 503) as FileNotFoundError(url) raised from the real error, which decides.
+        return is_transient(cause)
     if isinstance(error, OSError):
         if isinstance(error, _PERMANENT_OSERRORS) or error.errno in _PERMANENT_ERRNOS:
             return False

@@ -8,26 +8,41 @@ level and its text. Nothing depends on what came before, so a resumed run at ste
 the batches an uninterrupted run yields, whatever the number of DataLoader workers (worker w makes
 batches w, w + W, ...; the DataLoader returns them in order). Ranks draw from disjoint shard subsets
 (`shards[rank::world]`) when there are at least as many shards as ranks.
+
+A local set is read in place; a set given as a URL (https://, gs://, s3://, anything fsspec reads)
+is read from a node's ShardCache (train/shard_cache.py), where each shard is fetched whole, verified
+against the manifest and opened the same way, so batches are byte-identical either way. The shards
+of batch j are a pure function of j, so each DataLoader worker fetches those of its next batches in
+the background. A shard that fails verification twice is skipped: it is dropped from the shards
+drawn for a batch before any sample is drawn (when every drawn shard of a task is skipped, the
+task's shards are drawn again from the same generator), so no sample of it is trained on and the
+batches stay a pure function of (seed, rank, batch index) and the set's content.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from smartbrush.schemas import files
 from smartbrush.schemas.manifest import read_manifest_bytes
 from smartbrush.schemas.shard_sample import sample_meta
 from smartbrush.schemas.shard_set import first_sample, shard_url
 from smartbrush.train.data import INPAINTING, TEXT_TO_IMAGE, training_sample
+from smartbrush.train.shard_cache import Prefetcher, ShardCache
 
 log = logging.getLogger("smartbrush.train")
 MAX_SKIPS_PER_BATCH = 64
+MAX_REDRAWS = 8  # draws of a task's shards for one batch while every drawn shard is skipped
+OPEN_READERS = 16
 
 
 class ShardSetError(ValueError):
@@ -39,31 +54,52 @@ class ShardSet:
     path: str
     kind: str  # inpainting | text_to_image
     manifest_sha256: str
-    shards: tuple  # ({"url", "nsamples"}, ...)
+    # ({"url", "name", "nsamples", "bytes", "crc32" or "sha256", "set": manifest sha256, "cache"}, ...)
+    shards: tuple
     num_levels: int | None  # S + 1 of an inpainting set
     sample_version: int | None
+    cache: ShardCache | None = None  # where the shards of a set given as a URL are read from
 
     def lineage(self) -> dict:
         return {"path": self.path, "kind": self.kind, "manifest_sha256": self.manifest_sha256}
 
 
-def read_shard_set(path: str, kind: str) -> ShardSet:
+def _shard(path: str, entry: dict, sha: str, cache: ShardCache | None) -> dict:
+    check = {k: entry[k] for k in ("crc32", "sha256") if k in entry}
+    if "crc32" in check:
+        check.pop("sha256", None)  # shard_problem checks the CRC-32 when there is one
+    return {"url": shard_url(path, entry), "name": entry["name"], "nsamples": entry["samples"],
+            "bytes": entry["bytes"], **check, "set": sha, "cache": cache}
+
+
+def read_shard_set(path: str, kind: str, cache: ShardCache | None = None) -> ShardSet:
+    """A shard set, a local folder (read in place) or a URL (read through `cache`, required then)."""
+    remote = files.is_url(path)
+    if remote and cache is None:
+        raise ShardSetError(f"{path}: a shard set given as a URL is read through a local shard cache "
+                            "(smartbrush train --cache-dir)")
     try:
         manifest, manifest_data = read_manifest_bytes(path)
     except (FileNotFoundError, ValueError) as e:
         raise ShardSetError(str(e)) from None
+    except OSError as e:  # unreachable: the transient errors were retried
+        raise ShardSetError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
     if manifest["kind"] != kind:
         raise ShardSetError(f"{path}: a {manifest['kind']} shard set, given as {kind}")
-    shards = tuple({"url": shard_url(path, s), "nsamples": s["samples"]} for s in manifest["shards"]
-                   if s["samples"] > 0)
+    sha = hashlib.sha256(manifest_data).hexdigest()
+    cache = cache if remote else None
+    shards = tuple(_shard(path, s, sha, cache) for s in manifest["shards"] if s["samples"] > 0)
     if not shards:
         raise ShardSetError(f"{path}: no samples")
-    sha = hashlib.sha256(manifest_data).hexdigest()
     num_levels = version = None
     if kind == INPAINTING:
         num_levels = len((manifest.get("mask_schedule") or {}).get("levels") or [])
-        version = sample_meta(first_sample(shards[0]["url"]))["schema_version"]  # raises on an unknown version
-    return ShardSet(path, kind, sha, shards, num_levels, version)
+        try:
+            first = first_sample(shards[0]["url"])
+        except OSError as e:
+            raise ShardSetError(f"{shards[0]['url']}: cannot be read: {type(e).__name__}: {e}") from None
+        version = sample_meta(first)["schema_version"]  # raises on an unknown version
+    return ShardSet(path, kind, sha, shards, num_levels, version, cache)
 
 
 def check_shard_sets(inpainting: list[ShardSet], text_to_image: list[ShardSet], num_levels: int | None) -> int:
@@ -81,11 +117,24 @@ def check_shard_sets(inpainting: list[ShardSet], text_to_image: list[ShardSet], 
 
 
 def rank_shards(sets: list[ShardSet], rank: int, world: int) -> list[dict]:
-    shards = sorted((s for ss in sets for s in ss.shards), key=lambda s: s["url"])
+    """This rank's shards. They are ordered by (manifest sha256, name), not by URL, so that a set
+    reads the same from any location."""
+    shards = sorted((s for ss in sets for s in ss.shards), key=lambda s: (s["set"], s["name"]))
     if len(shards) < world:
         log.warning("%d shards for %d ranks: ranks share shards", len(shards), world)
         return shards
     return shards[rank::world]
+
+
+def open_shard(path: str, nsamples: int):
+    """Random access by sample index into a local shard (wids' indexed tar reader, mmapped in place)."""
+    from wids.wids import IndexedTarSamples
+
+    reader = IndexedTarSamples(path=path)
+    if len(reader) != nsamples:
+        reader.close()
+        raise ShardSetError(f"{path}: {len(reader)} samples, the manifest says {nsamples}")
+    return reader
 
 
 def _raw(item: dict) -> dict:
@@ -135,35 +184,85 @@ class BatchStream(IterableDataset):
         self.p_inpainting = p_inpainting if text_to_image else 1.0
         self.p_label, self.level, self.shards_per_batch = p_label, level, shards_per_batch
         self.rank, self.start_batch = rank, start_batch
-        self._readers: dict = {}
+        self._readers: OrderedDict = OrderedDict()
+        self._prefetchers: dict = {}
+        for cache in self.caches():
+            cache.report_need([s for shards in self.shards.values() for s in shards if s["cache"] is cache], rank)
+
+    def caches(self) -> list[ShardCache]:
+        found = {id(s["cache"]): s["cache"] for shards in self.shards.values() for s in shards if s["cache"]}
+        return list(found.values())
+
+    def __getstate__(self):  # open readers and fetch threads stay in their process
+        return {**self.__dict__, "_readers": OrderedDict(), "_prefetchers": {}}
 
     def _reader(self, shard: dict):
+        """The open shard, or None for a shard its cache skipped."""
+        cache = shard["cache"]
         reader = self._readers.get(shard["url"])
-        if reader is None:
-            import contextlib
-            import io
-
-            import wids
-
-            with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line per dataset
-                reader = wids.ShardListDataset([shard], transformations=[], lru_size=1)
-            if len(self._readers) >= 16:
-                self._readers.pop(next(iter(self._readers)))
-            self._readers[shard["url"]] = reader
+        if reader is not None:
+            if cache is None or cache.touch(shard):
+                self._readers.move_to_end(shard["url"])
+                return reader
+            self._readers.pop(shard["url"]).close()  # evicted: reading on would hold its disk space
+        for attempt in range(2):
+            path = shard["url"] if cache is None else cache.path(shard)
+            if path is None:
+                return None
+            try:
+                reader = open_shard(path, shard["nsamples"])
+                break
+            except FileNotFoundError:  # evicted by another process between fetch and open
+                if cache is None or attempt:
+                    raise
+        if len(self._readers) >= OPEN_READERS:
+            self._readers.popitem(last=False)[1].close()
+        self._readers[shard["url"]] = reader
         return reader
 
-    def batch(self, j: int) -> dict:
-        """Batch j of this rank."""
+    def shards_of(self, j: int) -> tuple[random.Random, dict]:
+        """The generator of batch j and the shards it draws per task, before any is read."""
         rng = random.Random(f"{self.seed}:{self.rank}:{j}")
         picked = {task: rng.choices(shards, weights=[s["nsamples"] for s in shards], k=self.shards_per_batch)
                   for task, shards in self.shards.items() if shards}
+        return rng, picked
+
+    def _readable(self, j: int, rng: random.Random, picked: dict) -> tuple[dict, int]:
+        """The open readers of the shards drawn for batch j, without the skipped ones (dropped from
+        `picked` in place; a task's shards are drawn again while all of them are skipped), and the
+        number of skipped shards dropped."""
+        for url, reader in list(self._readers.items()):  # closed once evicted: they hold its disk space
+            if not os.path.exists(reader.path):
+                self._readers.pop(url).close()
+        readers, dropped = {}, 0
+        for task, shards in picked.items():
+            for _ in range(MAX_REDRAWS):
+                for s in shards:
+                    if s["url"] not in readers:
+                        readers[s["url"]] = self._reader(s)
+                readable = [s for s in shards if readers[s["url"]] is not None]
+                dropped += len(shards) - len(readable)
+                if readable:
+                    picked[task] = readable
+                    break
+                pool = self.shards[task]
+                shards = rng.choices(pool, weights=[s["nsamples"] for s in pool], k=self.shards_per_batch)
+            else:
+                raise ShardSetError(f"batch {j}: every {task} shard drawn {MAX_REDRAWS} times was skipped "
+                                    "(failed verification): is the shard set damaged?")
+        return readers, dropped
+
+    def batch(self, j: int) -> dict:
+        """Batch j of this rank."""
+        rng, picked = self.shards_of(j)
+        readers, skipped_shards = self._readable(j, rng, picked)
         samples, skipped = [], 0
         while len(samples) < self.batch_size:
             task = INPAINTING if rng.random() < self.p_inpainting else TEXT_TO_IMAGE
             shard = rng.choice(picked[task])
             index = rng.randrange(shard["nsamples"])
             try:
-                raw = _raw(self._reader(shard)[index])
+                raw = _raw(readers[shard["url"]][index])
                 samples.append(training_sample(raw, self.level, rng, self.num_levels, self.resolution, self.p_label,
                                                compact=True))
             except Exception as e:  # a corrupt sample is skipped and counted, never fatal
@@ -172,12 +271,25 @@ class BatchStream(IterableDataset):
                 if skipped > MAX_SKIPS_PER_BATCH:
                     raise RuntimeError(f"more than {MAX_SKIPS_PER_BATCH} unreadable samples in one batch "
                                        f"(last: {shard['url']}): is the shard set damaged?") from e
-        return {**collate(samples), "skipped": skipped, "batch_index": j}
+        return {**collate(samples), "skipped": skipped, "skipped_shards": skipped_shards, "batch_index": j}
+
+    def prefetch(self, j: int, step: int) -> None:
+        """Start fetching the remote shards of batches j, j + step, ... (cache.prefetch_batches of them)."""
+        for cache in self.caches():
+            if cache.prefetch_batches <= 0:
+                continue
+            fetcher = self._prefetchers.get(id(cache))
+            if fetcher is None:
+                fetcher = self._prefetchers[id(cache)] = Prefetcher(cache)
+            wanted = [s for k in range(cache.prefetch_batches + 1) for shards in self.shards_of(j + k * step)[1].values()
+                      for s in shards if s["cache"] is cache]
+            fetcher.submit(list({s["url"]: s for s in wanted}.values()))
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         j = self.start_batch + worker
         while True:
+            self.prefetch(j, workers)
             yield self.batch(j)
             j += workers
