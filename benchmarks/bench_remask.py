@@ -1,25 +1,20 @@
 """Remask throughput against (a) a full `shard` rebuild from the instance table and (b) a plain
 tar-to-tar copy of the same shards through remask's own reader and writer (the I/O floor), on
-shards built from coco_val2017_tiny.
+shards built from coco_val2017_tiny (sample format v2, schedule smartbrush) and remasked to
+--schedule. Every figure comes from this run.
 
-Two views, both measured in this run:
-  per-element  one process, no Beam: the work each job does per shard / per image, timed alone
-  beam         the real jobs on the local runner (wall-clock of run(), runner start-up included),
-               with 1 worker in_memory and with 2 workers multi_processing
+  per-element  one process, no Beam: the work each job does per shard, rounds interleaved, best kept;
+               then where remask's time goes, step by step
+  beam         the whole commands on the local runner (wall-clock of run(), start-up included), and
+               the runner floor: a job of remask's shape whose per-shard step does nothing
 
-    python benchmarks/bench_remask.py [--data DIR] [--work DIR] [--resolution 512]
-        [--samples-per-shard 64] [--schedule smartbrush-fine] [--scale 1] [--repeat 3] [--beam-repeat 2]
+    python benchmarks/bench_remask.py [--data DIR] [--scale 1] [--repeat 3] [--no-beam]
+        [--beam-repeat 2] [--beam-modes "2 workers multi_processing"]
 
 --scale K builds from K copies of the dataset (images linked under new file names, annotations
-with new ids) so that Beam's fixed start-up cost weighs less. The source set is written by this
-smartbrush (sample format v2: one levels.png per sample), schedule smartbrush. Targets (issue 9):
-per instance in one process, remask at least 4x faster than the rebuild and within 2.5x of the copy;
-the whole `smartbrush remask` with 2 workers at least 3x faster than the whole `smartbrush shard`
-to the same schedule from the same instance table. The Beam section also times the local
-runner's own cost for a job of remask's shape (a DoFn that does nothing per shard), which bounds
-how much faster than the rebuild any such job can be at a given size. The per-element section also
-times the OpenCV passes a ladder that decides each blur level at full resolution cannot avoid, each
-on its own over all the boxes: a lower bound on such a ladder (docs/remask.md).
+with new ids), so that Beam's fixed start-up cost weighs less. Targets: per instance in one
+process, remask at least 4x faster than the rebuild and within 2.5x of the copy; the whole
+`smartbrush remask` with 2 workers at least 3x faster than the whole `smartbrush shard`.
 """
 
 from __future__ import annotations
@@ -146,15 +141,14 @@ def per_element_rebuild(src: str, out: str, schedule, cfg) -> int:
 
 
 def remask_breakdown(src: str, schedule) -> dict[str, float]:
-    """Milliseconds per instance of each step of remask_shard, over the source samples, one shard
-    at a time (as the job holds them)."""
+    """Milliseconds per instance of each step of remask_shard, one shard at a time (as the job
+    holds them), tar and PNG work in memory."""
     from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
     from smartbrush.pipeline.render.remask import _is_ladder_of_box, input_schedule, new_json
-    from smartbrush.schemas.manifest import shard_problem
-    from smartbrush.schemas.shard_tar import read_samples
-    from smartbrush.pipeline.storage import fileio
+    from smartbrush.schemas.files import Hasher
     from smartbrush.schemas.level_map import decode_level_map_box_rows, encode_level_map_box
-    from smartbrush.schemas.shard_tar import write_tar
+    from smartbrush.schemas.manifest import shard_problem
+    from smartbrush.schemas.shard_tar import read_samples, write_tar
 
     steps: dict[str, float] = defaultdict(float)
     n = 0
@@ -165,23 +159,23 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
 
     for entry in load_manifest(src)["shards"]:
         t = time.perf_counter()
-        with open(os.path.join(src, entry["name"]), "rb") as f:
-            data = f.read()
+        data = read_bytes(os.path.join(src, entry["name"]))
         t = step("read shard", t)
-        problem = shard_problem(data, entry)  # size + CRC-32 (sha256 for a v1 manifest)
+        problem = shard_problem(data, entry)  # size + CRC-32
         assert problem is None, problem
-        t = step("check the input (CRC-32)", t)
+        t = step("check CRC-32", t)
         samples = read_samples(data, entry["name"])
         t = step("parse tar", t)
         out = []
         for s in samples:
             t = time.perf_counter()
             meta = json.loads(s["json"])
-            copied = unchanged_levels(input_schedule(meta), schedule)
+            old = input_schedule(meta)
+            copied = unchanged_levels(old, schedule)
             t = step("json + schedules", t)
             rows, y0, (h, w) = decode_level_map_box_rows(s["levels.png"])
             x0, _, x1, y1 = meta["box_crop_xyxy"]
-            _is_ladder_of_box(rows, meta["box_crop_xyxy"], 5)
+            _is_ladder_of_box(rows, meta["box_crop_xyxy"], old.num_levels)
             t = step("decode + check levels.png", t)
             region = rows[:, x0:x1]
             new = render_region_map(region == 0, schedule, copy=(region, copied))
@@ -193,59 +187,13 @@ def remask_breakdown(src: str, schedule) -> dict[str, float]:
         t = time.perf_counter()
         buf = io.BytesIO()
         write_tar(buf, out)
-        t = step("write tar (memory)", t)
-        h = fileio.Hasher()
+        t = step("write tar", t)
+        h = Hasher()
         h.update(buf.getbuffer())
         h.digest()
         step("sha256 + CRC-32 of the output", t)
         n += len(samples)
     return {k: 1000 * v / n for k, v in steps.items()}
-
-
-def ladder_pass_floor(src: str, schedule) -> dict[str, float]:
-    """Microseconds per instance, over the source's boxes, of the OpenCV passes any ladder of this
-    definition makes when it decides each blur level at full resolution: per blur level one pyrUp of
-    a half-resolution field to the box, a threshold and a masked write; once the exact mask's
-    conversion to float32, its first pyrDown and its masked write. Each pass is timed over all boxes
-    on its own (no reduced-resolution work, no other call), so the sum is what such a ladder costs at
-    the least; render_region_map skips some rows of large boxes and pays for the rest."""
-    import timeit
-
-    import cv2
-    import numpy as np
-
-    from smartbrush.schemas.shard_tar import read_samples
-    from smartbrush.schemas.level_map import decode_level_map_box_rows
-
-    exact = []
-    for entry in load_manifest(src)["shards"]:
-        for s in read_samples(read_bytes(os.path.join(src, entry["name"])), entry["name"]):
-            rows, _, _ = decode_level_map_box_rows(s["levels.png"])
-            x0, _, x1, _ = json.loads(s["json"])["box_crop_xyxy"]
-            exact.append(np.ascontiguousarray(rows[:, x0:x1] == 0))
-    padded = [np.zeros((e.shape[0] + 8, e.shape[1] + 8), np.float32) for e in exact]
-    halves = [np.zeros(((e.shape[0] + 1) // 2 + 4, (e.shape[1] + 1) // 2 + 4), np.float32) for e in exact]
-    fields = [np.zeros(e.shape, np.float32) for e in exact]
-    maps = [np.zeros(e.shape, np.uint8) for e in exact]
-
-    def per_box(fn, args) -> float:
-        def run():
-            for a in args:
-                fn(*a)  # the result is dropped at once, as in the ladder (no heap growth)
-        return min(timeit.repeat(run, number=1, repeat=3)) / len(exact) * 1e6
-
-    steps = {
-        "exact mask to float32": per_box(lambda p, e: np.copyto(p[4:-4, 4:-4], e), list(zip(padded, exact))),
-        "first pyrDown": per_box(cv2.pyrDown, [(p,) for p in padded]),
-        "pyrUp to the box, per level": per_box(cv2.pyrUp, [(h,) for h in halves]),
-        "threshold, per level": per_box(lambda f: np.greater(f, 0.05), [(f,) for f in fields]),
-        "masked write, per level": per_box(lambda m, e: cv2.copyTo(m, e.view(np.uint8), m), list(zip(maps, exact))),
-    }
-    blurs = schedule.num_levels - 2
-    steps["sum"] = (steps["exact mask to float32"] + steps["first pyrDown"] + steps["masked write, per level"]
-                    + blurs * (steps["pyrUp to the box, per level"] + steps["threshold, per level"]
-                               + steps["masked write, per level"]))
-    return steps
 
 
 def timed_interleaved(jobs: dict, repeat: int, work: str) -> dict[str, tuple[float, int]]:
@@ -344,7 +292,7 @@ def report_rounds(rounds: list[dict[str, float]]) -> None:
           f"over {len(rounds)} rounds")
 
 
-# Targets (issue 9): per instance, one process: remask >= 4x faster than the rebuild and within 2.5x
+# Targets: per instance, one process: remask >= 4x faster than the rebuild and within 2.5x
 # of the copy; the whole commands with 2 workers: remask >= 3x faster than shard.
 TARGET_VS_REBUILD = 4.0
 TARGET_VS_COPY = 2.5
@@ -422,12 +370,7 @@ def main() -> int:
                TARGET_VS_REBUILD, TARGET_VS_COPY)
         print("\nwhere remask's time goes (ms per instance, one process):")
         for step, ms in remask_breakdown(src, schedule).items():
-            print(f"  {step:<18} {ms:6.2f}")
-        floor = ladder_pass_floor(src, schedule)
-        print(f"\nthe ladder's full-resolution passes alone (us per instance, {schedule.num_levels - 2} blur levels; "
-              "the least a ladder that decides each level at full resolution costs):")
-        for step, us in floor.items():
-            print(f"  {step:<28} {us:6.1f}")
+            print(f"  {step:<30} {ms:6.2f}")
         if not args.no_beam:
             modes = [m.strip() for m in args.beam_modes.split(",")]
             for mode in modes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 NAME = "smartbrush.mask_schedule"
 VERSION = 1
@@ -23,29 +23,8 @@ LEVEL_TYPES = ("exact", "blur", "box")
 UNITS = ("relative", "pixels")
 
 
-class _CachedHash:
-    """A frozen dataclass's hash computed once: remask and the ladder look schedules and levels up
-    in caches for every sample, and the generated __hash__ rehashes every field each time. The
-    cached value stays out of pickles (str hashes differ between processes)."""
-
-    def __hash__(self) -> int:
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash(_field_values(self))
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
-
-
-def _field_values(obj) -> tuple:
-    return tuple(getattr(obj, f.name) for f in fields(obj))
-
-
 @dataclass(frozen=True)
-class Level(_CachedHash):
-    __hash__ = _CachedHash.__hash__  # declared here, so that dataclass keeps it
+class Level:
     type: str
     sigma: float = 0.0
     kernel: float = 0.0
@@ -54,8 +33,7 @@ class Level(_CachedHash):
 
 
 @dataclass(frozen=True)
-class MaskSchedule(_CachedHash):
-    __hash__ = _CachedHash.__hash__
+class MaskSchedule:
     id: str
     levels: tuple[Level, ...]
     description: str = ""
@@ -65,13 +43,8 @@ class MaskSchedule(_CachedHash):
         return len(self.levels)
 
     def levels_as_dicts(self) -> list[dict]:
-        out = []
-        for lv in self.levels:
-            d = asdict(lv)
-            if lv.type != "blur":
-                d = {"type": lv.type}
-            out.append(d)
-        return out
+        return [{"type": lv.type, "sigma": lv.sigma, "kernel": lv.kernel, "units": lv.units, "threshold": lv.threshold}
+                if lv.type == "blur" else {"type": lv.type} for lv in self.levels]
 
     @property
     def hash(self) -> str:

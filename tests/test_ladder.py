@@ -11,11 +11,11 @@ from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.crop import choose_crop_window, crop_mask
 from smartbrush.pipeline.render.images import read_header
 from smartbrush.pipeline.render import ladder
-from smartbrush.pipeline.render.ladder import (_Pyramid, _ladder_plan, blur_parameters, certain_rows, levels_from_map,
-                                               map_from_levels, reference_ladder, render_ladder, render_level_map,
-                                               render_region_map)
+from smartbrush.pipeline.render.ladder import (_Pyramid, _ladder_plan, blur_parameters, certain_rows, reference_ladder,
+                                               render_ladder, render_level_map, render_region_map)
 from smartbrush.pipeline.render.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
                                               segmentation_to_rle)
+from smartbrush.schemas.level_map import levels_from_map, map_from_levels
 from smartbrush.schemas.mask_schedule import Level, from_dict
 from tests.conftest import shared_path
 
@@ -112,7 +112,7 @@ def test_certain_rows_are_inside_in_the_whole_pyrup(preset):
     decided = 0
     for region in _large_regions():
         h, w = region.shape
-        depth, steps, _ = _ladder_plan(schedule, max(h, w), True, ())
+        depth, steps, _ = _ladder_plan(schedule, max(h, w), ())
         pyramid = _Pyramid(region, depth)
         for _, _, threshold, levels_down, kernel in steps:
             if not levels_down:

@@ -203,8 +203,8 @@ def test_unchanged_levels_are_copied_not_recomputed(monkeypatch):
     old_map[odd] = 1
     sample = {**_sample(schedule=old), LEVELS: encode_level_map(old_map)}
     calls = []
-    real = ladder._blur_plan  # called once per level that is blurred, when a plan is made
-    monkeypatch.setattr(ladder, "_blur_plan", lambda level, side, reduce: calls.append(level) or real(level, side, reduce))
+    real = ladder.blur_parameters  # called once per level that is blurred, when a plan is made
+    monkeypatch.setattr(ladder, "blur_parameters", lambda level, side: calls.append(level) or real(level, side))
     ladder._ladder_plan.cache_clear()  # plans are cached per schedule and box side: make this one afresh
     out = sample_masks({"__key__": "k", **remask_sample(sample, new)})
     assert calls == [new.levels[2]]  # one blur: the new level 2

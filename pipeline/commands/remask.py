@@ -10,7 +10,6 @@ are not touched; no annotation or source image is read. See docs/remask.md and d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 
@@ -93,7 +92,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         raise SystemExit("--out must differ from --shards: remask writes a new shard set")
     cfg = derived_config(manifest["config"], args.schedule, args.shards)
     manifest_path = fileio.join(args.shards, manifest_schema.FILE_NAME)
-    sha = hashlib.sha256(raw).hexdigest()
+    sha = manifest_schema.manifest_sha256(raw)
     input_files = [{"path": manifest_path, "bytes": len(raw), "sha256": sha}]
     prepare_output(args.out, cfg, make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule.to_json(),
                                                 inputs=input_files))

@@ -41,7 +41,7 @@ import numpy as np
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
-from smartbrush.schemas.level_map import MAX_LEVELS, OUTSIDE, levels_from_map, map_from_levels  # noqa: F401
+from smartbrush.schemas.level_map import MAX_LEVELS, OUTSIDE, levels_from_map
 
 # The pyramid goes down k levels while sigma >= MIN_REDUCED_SIGMA * 2^(k + 1): the Gaussian left to
 # apply at 1/2^k resolution keeps a sigma of about MIN_REDUCED_SIGMA reduced pixels or more. With 1.5,
@@ -206,17 +206,17 @@ def _check_levels(schedule: MaskSchedule) -> None:
                          f"{MAX_LEVELS}")
 
 
-def render_level_map(exact: np.ndarray, schedule: MaskSchedule, reduce: bool = True) -> np.ndarray:
+def render_level_map(exact: np.ndarray, schedule: MaskSchedule) -> np.ndarray:
     """The ladder of `schedule` as a uint8 level map the shape of `exact` (mask_s = map <= s);
     render_region_map does the work inside the exact mask's box."""
     exact = exact.astype(bool, copy=False)
     x0, y0, x1, y1 = _box(exact)
     out = np.full(exact.shape, OUTSIDE, np.uint8)
-    out[y0:y1, x0:x1] = render_region_map(exact[y0:y1, x0:x1], schedule, reduce)
+    out[y0:y1, x0:x1] = render_region_map(exact[y0:y1, x0:x1], schedule)
     return out
 
 
-def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool = True,
+def render_region_map(region: np.ndarray, schedule: MaskSchedule,
                       copy: tuple[np.ndarray, dict[int, int]] | None = None) -> np.ndarray:
     """The level map inside the box (every value <= S) from the exact mask cut to its tight box."""
     _check_levels(schedule)
@@ -225,7 +225,7 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
         raise RecordError("empty_mask", "the exact mask is empty at crop resolution")
     S = schedule.num_levels - 1
     old_region, copied = copy if copy is not None else (None, {})
-    depth, steps, blurs = _ladder_plan(schedule, max(region.shape), reduce, tuple(copied.items()))
+    depth, steps, blurs = _ladder_plan(schedule, max(region.shape), tuple(copied.items()))
     pyramid = _Pyramid(region, depth) if depth else None  # shared by every reduced blur
     region_f = (pyramid.region() if pyramid else region.astype(np.float32)) if blurs else None
     rmap = np.full(region.shape, S, np.uint8)
@@ -255,7 +255,7 @@ def render_region_map(region: np.ndarray, schedule: MaskSchedule, reduce: bool =
 
 
 @functools.lru_cache(maxsize=65536)
-def _ladder_plan(schedule: MaskSchedule, box_side: int, reduce: bool, copied: tuple[tuple[int, int], ...]):
+def _ladder_plan(schedule: MaskSchedule, box_side: int, copied: tuple[tuple[int, int], ...]):
     """(pyramid depth, steps, number of blurs) of render_region_map for a box side, worked out once
     (boxes repeat): one step (k, copied input level or None, threshold, pyramid levels down, kernel)
     per level k = S - 1 ... 1; the kernel is the reduced Gaussian's (or the full-resolution one's)."""
@@ -265,17 +265,12 @@ def _ladder_plan(schedule: MaskSchedule, box_side: int, reduce: bool, copied: tu
         if k in old:
             steps.append((k, old[k], None, 0, None))
             continue
-        sigma, kernel, levels_down = _blur_plan(schedule.levels[k], box_side, reduce)
+        sigma, kernel = blur_parameters(schedule.levels[k], box_side)
+        levels_down = reduction_levels(sigma)
         small = _reduced_kernel(sigma, kernel, levels_down) if levels_down else _gaussian_kernel(kernel, sigma)
         steps.append((k, None, schedule.levels[k].threshold, levels_down, small))
         depth = max(depth, levels_down)
     return depth, tuple(steps), sum(step[1] is None for step in steps)
-
-
-def _blur_plan(level: Level, box_side: int, reduce: bool) -> tuple[float, int, int]:
-    """(sigma, kernel, pyramid levels down) of a blur level for a box side (_ladder_plan caches it)."""
-    sigma, kernel = blur_parameters(level, box_side)
-    return sigma, kernel, reduction_levels(sigma) if reduce else 0
 
 
 def reference_ladder(exact: np.ndarray, schedule: MaskSchedule) -> list[np.ndarray]:

@@ -81,42 +81,35 @@ def new_meta(meta: dict, schedule: MaskSchedule) -> dict:
 
 
 _SCHEDULE_KEY = '"mask_schedule":'
-_DECODER = json.JSONDecoder()
 
 
 def new_json(raw: bytes, meta: dict, schedule: MaskSchedule) -> bytes:
-    """The output sample's json bytes: compact v2 `raw` (the input's, parsed as `meta`) with the value
-    of its top-level mask_schedule replaced by `schedule`'s, the rest kept byte for byte. For a json
-    that encode_json wrote this equals encode_json(new_meta(meta, schedule)) (sorted keys: only that
-    value's bytes change) at a third of the cost. A v1 json, and one where '"mask_schedule":' is not
-    found exactly once right after '{' or ',' (indented json, say), is re-encoded from new_meta."""
+    """The output sample's json bytes: encode_json(new_meta(meta, schedule)) for the json that
+    smartbrush writes, at a third of the cost. That json is compact with sorted keys, so only the
+    mask_schedule value's bytes change: they are replaced where the top-level key is found exactly
+    once (right after '{' or ',') and the value there parses to meta's. Anything else (a v1 json,
+    indented json) is re-encoded from new_meta."""
     if meta.get("schema_version") == shard_sample.VERSION:
         text = raw.decode("utf-8")
         at = text.find(_SCHEDULE_KEY)
         if at > 0 and text[at - 1] in "{," and text.find(_SCHEDULE_KEY, at + 1) < 0:
             start = at + len(_SCHEDULE_KEY)
-            end = _schedule_value_end(text, start, meta.get("mask_schedule"))
-            if end is not None:
+            try:
+                value, end = _DECODER.raw_decode(text, start)
+            except json.JSONDecodeError:
+                return encode_json(new_meta(meta, schedule))
+            if value == meta.get("mask_schedule"):
                 return (text[:start] + _schedule_text(schedule) + text[end:]).encode("utf-8")
     return encode_json(new_meta(meta, schedule))
 
 
-def _schedule_value_end(text: str, start: int, value) -> int | None:
-    """Where the json value at text[start:] ends when it is `value`, else None. A value seen before
-    (samples of one set share a schedule) is recognised by its canonical text; any other is parsed."""
-    known = _known_input_schedule(value)
-    if known is not None and text.startswith(known.text, start):
-        return start + len(known.text)  # a complete json value: the parser would stop there too
-    try:
-        parsed, end = _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
-        return None
-    return end if parsed == value else None
+_DECODER = json.JSONDecoder()
 
 
+# Once per schedule, not per sample (callers do not modify the result).
 @functools.lru_cache(maxsize=64)
 def _schedule_json(schedule: MaskSchedule) -> dict:
-    return schedule.to_json()  # once per schedule, not per sample (callers do not modify it)
+    return schedule.to_json()
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,45 +117,28 @@ def _schedule_text(schedule: MaskSchedule) -> str:
     return encode_json(_schedule_json(schedule)).decode("utf-8")
 
 
-@dataclass(frozen=True)
-class _InputSchedule:
-    """A sample json's mask_schedule value, its canonical text and the schedule it describes."""
-
-    value: dict
-    text: str
-    schedule: MaskSchedule
-
-
-# By the value's "hash" (a lookup key only: an entry is used when its whole value is equal). The
-# samples of a set share one or a few schedules; comparing two parsed values costs about 1 us, where
-# serialising the levels as a cache key cost about 7 us per sample and parsing the value again 4 us.
-_INPUT_SCHEDULES: dict[str, _InputSchedule] = {}
-_MAX_INPUT_SCHEDULES = 64
-
-
-def _known_input_schedule(value) -> _InputSchedule | None:
-    key = value.get("hash") if isinstance(value, dict) else None
-    known = _INPUT_SCHEDULES.get(key) if isinstance(key, str) else None
-    return known if known is not None and known.value == value else None
+# The schedules of the input samples by their json's "hash" (a set has one or a few): an entry is
+# used only when its levels equal the sample's, so a json whose hash does not match its levels
+# gets its own schedule.
+_INPUT_SCHEDULES: dict[str, MaskSchedule] = {}
 
 
 def input_schedule(meta: dict) -> MaskSchedule:
     """The schedule a sample was rendered with (from its json)."""
     value = meta.get("mask_schedule")
-    known = _known_input_schedule(value)
-    if known is not None:
-        return known.schedule
     levels = value.get("levels") if isinstance(value, dict) else None
+    key = value.get("hash") if isinstance(value, dict) else None
+    known = _INPUT_SCHEDULES.get(key) if isinstance(key, str) else None
+    if known is not None and known.levels_as_dicts() == levels:
+        return known
     try:
         schedule = mask_schedule.from_dict({"id": "input", "levels": levels}, "the sample's mask_schedule")
     except (ValueError, TypeError) as e:
         raise RecordError(SAMPLE_INVALID, str(e)) from None
     if schedule.num_levels > shard_sample.MAX_LEVELS:
         raise RecordError(SAMPLE_INVALID, f"{schedule.num_levels} levels, at most {shard_sample.MAX_LEVELS}")
-    key = value.get("hash")
-    if isinstance(key, str) and key not in _INPUT_SCHEDULES and len(_INPUT_SCHEDULES) < _MAX_INPUT_SCHEDULES:
-        text = encode_json(value).decode("utf-8")
-        _INPUT_SCHEDULES[key] = _InputSchedule(json.loads(text), text, schedule)  # a copy: callers own `value`
+    if isinstance(key, str) and len(_INPUT_SCHEDULES) < 64:
+        _INPUT_SCHEDULES.setdefault(key, schedule)
     return schedule
 
 
@@ -316,9 +292,8 @@ def remask_samples(samples: list[dict], schedule: MaskSchedule,
 
 def _source_of(sample: dict) -> str:
     try:
-        meta = json.loads(sample[shard_sample.META_EXT])
-        return str(meta.get("source", "")) if isinstance(meta, dict) else ""
-    except Exception:
+        return str(shard_sample.parse_json(sample.get(shard_sample.META_EXT)).get("source", ""))
+    except Exception:  # a json that is not JSON or not an object: the rejection says why
         return ""
 
 

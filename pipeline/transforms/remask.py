@@ -5,7 +5,6 @@ It lives apart from the command so that a worker unpickling it imports what rema
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from apache_beam import pvalue
@@ -35,7 +34,7 @@ class RemaskShardDoFn(WorkerDoFn):
         super().setup()
         # The shard entries come from the manifest on the worker, not through the job graph.
         raw = fileio.read_bytes(fileio.join(self.in_dir, manifest_schema.FILE_NAME))
-        if hashlib.sha256(raw).hexdigest() != self.manifest_sha256:
+        if manifest_schema.manifest_sha256(raw) != self.manifest_sha256:
             raise RuntimeError(f"{self.in_dir}/{manifest_schema.FILE_NAME} changed while remask was running")
         self.entries = {s["name"]: s for s in json.loads(raw)["shards"]}
 
