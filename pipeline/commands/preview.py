@@ -4,15 +4,14 @@ level overlaid on it, with the label and first caption."""
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartbrush.schemas.shard_sample import sample_masks, sample_num_levels
-from smartbrush.pipeline.storage.shard_reader import iter_samples
+from smartbrush.schemas.shard_sample import (TASK_INPAINTING, decode_jpeg, parse_json, sample_masks, sample_num_levels,
+                                             sample_task)
+from smartbrush.schemas.shard_set import iter_samples
 
 CELL = 160
 HEADER = 28
@@ -26,10 +25,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def sample_row(sample: dict, max_levels: int) -> Image.Image:
-    meta = json.loads(sample["json"]) if "json" in sample else {}
-    with Image.open(io.BytesIO(sample["jpg"])) as im:
-        image = np.asarray(im.convert("RGB"))
-    masks = sample_masks(sample) if meta.get("task") == "inpainting" else []
+    meta = parse_json(sample.get("json"))
+    image = decode_jpeg(sample["jpg"])
+    masks = sample_masks(sample) if _is_inpainting(sample) else []
     if masks and masks[0].shape != image.shape[:2]:
         raise ValueError(f"{sample['__key__']}: mask and image sizes differ")
     cells = [image] + [overlay(image, m) for m in masks]
@@ -46,7 +44,7 @@ def sample_row(sample: dict, max_levels: int) -> Image.Image:
 
 
 def _is_inpainting(sample: dict) -> bool:
-    return "json" in sample and json.loads(sample["json"]).get("task") == "inpainting"
+    return "json" in sample and sample_task(sample) == TASK_INPAINTING
 
 
 def contact_sheet(out_dir: str, n: int = 12) -> Image.Image:

@@ -9,9 +9,10 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.schemas.shard_sample import sample_level_map, sample_meta, sample_num_levels
-from smartbrush.pipeline.storage.shard_reader import iter_samples
+from smartbrush.schemas.manifest import read_manifest
+from smartbrush.schemas.shard_sample import (TASK_INPAINTING, sample_level_map, sample_meta, sample_num_levels,
+                                             sample_task)
+from smartbrush.schemas.shard_set import iter_samples
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -28,8 +29,7 @@ def shard_set_stats(out_dir: str, max_samples: int | None = None, progress: bool
     for sample in tqdm(iter_samples(out_dir, max_samples), desc="stats", unit="sample", disable=not progress):
         if "json" not in sample:
             continue
-        meta = json.loads(sample["json"])
-        if meta.get("task") != "inpainting":
+        if sample_task(sample) != TASK_INPAINTING:
             labels["(text-to-image)"] += 1
             n += 1
             continue

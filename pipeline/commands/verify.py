@@ -1,4 +1,5 @@
-"""`smartbrush verify DIR`: every shard and count checked against manifest.json."""
+"""`smartbrush verify DIR`: every shard and count checked against manifest.json. Read-only: reads go
+through the formats' Beam-free readers (schemas/), a local folder or a URL."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.storage.shards import count_samples
+from smartbrush.schemas import files
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
+from smartbrush.schemas.manifest import read_manifest, reconciles
+from smartbrush.schemas.shard_tar import sample_keys
+
+
+def count_samples(path: str) -> int:
+    with files.open_read(path) as f:
+        return len(set(sample_keys(f)))
 
 
 def verify_shard_set(out_dir: str, progress: bool = False) -> list[str]:
@@ -31,11 +37,11 @@ def verify_shard_set(out_dir: str, progress: bool = False) -> list[str]:
     if manifest["kind"] != manifest_schema.KIND_INSTANCE_TABLE and sum(s["samples"] for s in shards) != c["written"]:
         problems.append(f"shards hold {sum(s['samples'] for s in shards)} samples, counts say {c['written']}")
     for s in tqdm(shards, desc="verify", unit="shard", disable=not progress):
-        path = fileio.join(out_dir, s["name"])
-        if not fileio.exists(path):
+        path = files.join(out_dir, s["name"])
+        if not files.exists(path):
             problems.append(f"{s['name']}: missing")
             continue
-        digest = fileio.digest_file(path)
+        digest = files.digest_file(path)
         if (digest.bytes, digest.sha256) != (s["bytes"], s["sha256"]):
             problems.append(f"{s['name']}: {digest.bytes} bytes sha256 {digest.sha256[:12]}..., manifest says "
                             f"{s['bytes']} bytes {s['sha256'][:12]}...")
@@ -52,21 +58,21 @@ def verify_shard_set(out_dir: str, progress: bool = False) -> list[str]:
             problems.append(f"{s['name']}: {n} samples, manifest says {s['samples']}")
     rf = manifest.get("rejected_file") or {}
     if rf:
-        path = fileio.join(out_dir, rf["name"])
-        if not fileio.exists(path):
+        path = files.join(out_dir, rf["name"])
+        if not files.exists(path):
             problems.append(f"{rf['name']}: missing")
         else:
-            nbytes, sha, _ = fileio.digest_file(path)
-            if sha != rf["sha256"]:
+            data = files.read_bytes(path)
+            if files.digest_bytes(data).sha256 != rf["sha256"]:
                 problems.append(f"{rf['name']}: sha256 differs from the manifest")
-            rows = read_rejected(out_dir)
+            rows = rejected_schema.parse_table(data)
             by = {k: Counter(r["reason"] for r in rows if r["kind"] == k)
                   for k in (rejected_schema.REJECTED, rejected_schema.FILTERED)}
             if dict(by[rejected_schema.REJECTED]) != c["rejected"] or dict(by[rejected_schema.FILTERED]) != c["filtered"]:
                 problems.append(f"{rf['name']}: reasons do not match the manifest's counts")
-    if "://" not in out_dir:
+    if not files.is_url(out_dir):
         listed = {s["name"] for s in shards}
-        extra = sorted(n for n in os.listdir(out_dir) if n.endswith(".tar") and n not in listed)
+        extra = sorted(n for n in os.listdir(files.local_path(out_dir)) if n.endswith(".tar") and n not in listed)
         if extra:
             problems.append(f"tars not in the manifest: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
     return problems
