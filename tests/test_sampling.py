@@ -256,7 +256,7 @@ class _Recorder:
 
 
 def _training_input(parts: dict, image: np.ndarray, mask: np.ndarray, level: int, prompt: str):
-    """The UNet input, text embedding and level `forward_loss` builds for one inpainting sample."""
+    """The UNet input, text embedding and level that `forward_loss` gives the UNet for one inpainting sample."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler
@@ -270,9 +270,12 @@ def _training_input(parts: dict, image: np.ndarray, mask: np.ndarray, level: int
     c = SimpleNamespace(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                         scheduler=DDPMScheduler.from_config(parts["scheduler"].config))
     cfg = load_train_config("tiny", {"data": {"text_dropout": 0.0}})
+    rec = _Recorder(parts["unet"])
     with torch.no_grad():
-        _, _, extra = forward_loss(c, parts["unet"], batch, cfg, torch.Generator().manual_seed(0), "cpu")
-    return extra["unet_input"], extra["text_embeds"], batch["level"]
+        forward_loss(c, parts["unet"], batch, cfg, torch.Generator().manual_seed(0), "cpu")
+    rec.remove()
+    (x, text, labels), = rec.calls
+    return x, text, labels
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
@@ -301,9 +304,10 @@ def test_sampler_feeds_the_unet_what_training_feeds_it(tmp_path, scheduler):
         assert x.shape == (2,) + tuple(trained.shape[1:])  # classifier-free guidance: [unconditional, text]
         for half in x:  # both halves see the same conditioning
             half = half[None]
+            # clean image latents outside the mask
+            torch.testing.assert_close(half[:, :4][outside], trained[:, :4][outside], rtol=0, atol=1e-5)
             assert torch.equal(half[:, 4:5], trained[:, 4:5]), step  # the mask channel
             torch.testing.assert_close(half[:, 5:], trained[:, 5:], rtol=0, atol=1e-5)  # masked-image latents
-            torch.testing.assert_close(half[:, :4][outside], trained[:, :4][outside], rtol=0, atol=1e-5)
             assert not torch.allclose(half[:, :4][~outside], trained[:, :4][~outside], atol=1e-2)  # noisy inside
         torch.testing.assert_close(hidden[1:], text, rtol=0, atol=1e-6)
         assert torch.equal(labels, level.repeat(2))

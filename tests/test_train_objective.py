@@ -65,3 +65,17 @@ def test_text_dropout_and_latent_mask():
     m[0, 0, 3, 5] = 1
     lat = mask_to_latent(m, (4, 4))
     assert lat.sum().item() == 1 and lat[0, 0, 1, 2].item() == 1  # covers the pixel mask
+
+
+def test_unet_input_is_clean_outside_the_mask():
+    from smartbrush.model.inputs import unet_input
+
+    g = torch.Generator().manual_seed(2)
+    noisy, clean, masked = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 1:3, 2:7] = 1
+    x = unet_input(noisy, mask, masked, clean)
+    inside = (mask > 0).expand_as(noisy)
+    assert x.shape == (2, 9, 8, 8)
+    assert torch.equal(x[:, :4][inside], noisy[inside]) and torch.equal(x[:, :4][~inside], clean[~inside])
+    assert torch.equal(x[:, 4:5], mask) and torch.equal(x[:, 5:], masked)

@@ -89,8 +89,7 @@ def forward_loss(c: Components, unet, batch: dict, cfg: TrainConfig, generator: 
     target = noise if c.scheduler.config.prediction_type == "epsilon" else c.scheduler.get_velocity(latents, noise, t)
     loss, parts = smartbrush_loss(noise_pred.float(), target.float(), m, logit.float(), m_exact,
                                   batch["is_inpainting"].to(device), cfg.dice_weight)
-    return loss, parts, {"logit": logit.detach(), "latent_mask": m, "exact": m_exact, "t": t, "unet_input": x,
-                         "text_embeds": text}
+    return loss, parts, {"logit": logit.detach(), "latent_mask": m, "exact": m_exact, "t": t}
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
