@@ -84,11 +84,11 @@ _SCHEDULE_KEY = '"mask_schedule":'
 
 
 def new_json(raw: bytes, meta: dict, schedule: MaskSchedule) -> bytes:
-    """The output sample's json bytes: encode_json(new_meta(meta, schedule)) for the json that
-    smartbrush writes, at a third of the cost. That json is compact with sorted keys, so only the
-    mask_schedule value's bytes change: they are replaced where the top-level key is found exactly
-    once (right after '{' or ',') and the value there parses to meta's. Anything else (a v1 json,
-    indented json) is re-encoded from new_meta."""
+    """The output sample's json bytes: the input's, with the top-level mask_schedule value's bytes
+    replaced by the new schedule's. On the compact, sorted json smartbrush writes this equals
+    encode_json(new_meta(meta, schedule)), at a fraction of the cost. A v1 json, or one where the
+    key is not found exactly once right after '{' or ',' (indented json, say) or its value there is
+    not meta's, is re-encoded from new_meta."""
     if meta.get("schema_version") == shard_sample.VERSION:
         text = raw.decode("utf-8")
         at = text.find(_SCHEDULE_KEY)
