@@ -128,14 +128,14 @@ def premade_batches(table: str, captioner, batch_size: int, dtype):
 
     from smartbrush.config import RenderConfig
     from smartbrush.pipeline.caption.blip import normalise_batch
-    from smartbrush.pipeline.render.per_image import load_image
+    from smartbrush.pipeline.imaging.images import load_image_and_hash
 
     rows = pq.read_table(sorted(glob.glob(os.path.join(table, "instances-*.parquet")))).to_pylist()
     crops, cache = [], {}
     for r in sorted(rows, key=lambda r: r["image_path"]):
         if r["image_path"] not in cache:
             size = (r["image_width"], r["image_height"])
-            cache = {r["image_path"]: load_image(r["image_path"], size, RenderConfig())}
+            cache = {r["image_path"]: load_image_and_hash(r["image_path"], size, RenderConfig())[0]}
         crops.append(captioner.crop_input(cache[r["image_path"]], r))
     device = captioner.runtime.device
     return [normalise_batch(crops[i:i + batch_size], captioner.image, device, dtype)
@@ -182,7 +182,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from smartbrush.pipeline.caption.blip import BlipCaptioner, GenerationSettings, RuntimeSettings, write_random_blip
+    from smartbrush.pipeline.caption.blip import BlipCaptioner, GenerationSettings, RuntimeSettings
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's root
+    from tests.tiny_blip import write_random_blip  # the random BLIP the tests use
     from smartbrush.pipeline.commands.build import run_ingest
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_caption_")

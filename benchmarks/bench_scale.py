@@ -28,7 +28,7 @@ import psutil
 
 from smartbrush.config import load_build_config, load_schedule
 from smartbrush.pipeline.caption.captioners import LabelCaptioner
-from smartbrush.pipeline.render.shard_render import ShardRenderer
+from smartbrush.pipeline.transforms.shard_writer import ShardRenderer
 from smartbrush.pipeline.sources import coco
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, shard_of
 from smartbrush.schemas.shard_tar import shard_name

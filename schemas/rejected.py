@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,12 +12,13 @@ NAME = "smartbrush.rejected"
 VERSION = 1
 FILE_NAME = "rejected.parquet"
 
-# kind: "rejected" (bad input) or "filtered" (a deliberate filter). Reasons are open-ended strings;
-# the ones the corpus build emits are listed here so that users can rely on them.
+# kind: "rejected" (bad input) or "filtered" (a deliberate filter). Every reason a job emits is
+# listed here, by stage, so that users can rely on them.
 REJECTED = "rejected"
 FILTERED = "filtered"
 
 REASONS_REJECTED = (
+    # ingest, shard and caption (the corpus build)
     "image_missing",
     "image_unreadable",
     "image_too_large",
@@ -34,10 +36,35 @@ REASONS_REJECTED = (
     "duplicate_instance",
     "crop_failed",
     "caption_degenerate",
+    # remask
+    "shard_missing",
+    "shard_corrupt",
+    "sample_invalid",
+    # laion: the download list, then img2dataset's failures (plus http_<status>, see HTTP_REASON)
+    "url_missing",
+    "caption_missing",
+    "timeout",
+    "truncated",
+    "image_undecodable",
+    "image_too_small",
+    "image_area_too_large",
+    "aspect_ratio_too_large",
+    "hash_mismatch",
+    "disallowed_by_robots",
+    "connection_refused",
+    "dns_error",
+    "ssl_error",
+    "connection_closed",
+    "invalid_url",
+    "download_error",
+    "not_recorded",
 )
+# img2dataset's HTTP errors: "http_" and the status code, e.g. http_404.
+HTTP_REASON = re.compile(r"http_\d{3}")
 # too_small_at_resolution: the object's box is shorter than render.min_object_size_at_resolution
-# pixels (its longer side) in the R x R crop.
-REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image", "too_small_at_resolution")
+# pixels (its longer side) in the R x R crop. The last five: laion's filters.
+REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image", "too_small_at_resolution",
+                    "min_aesthetic_score", "max_punsafe", "max_pwatermark", "min_width", "min_height")
 
 SCHEMA = pa.schema(
     [

@@ -21,10 +21,11 @@ from smartbrush.config import RenderConfig
 from smartbrush.pipeline.commands import caption as caption_job
 from smartbrush.pipeline.caption.blip import (BlipCaptioner, CaptionerConfigError, GenerationSettings, RuntimeSettings,
                                       attach_captions, clean_caption, degenerate_detail, normalise_batch,
-                                      strip_prompt, write_random_blip)
+                                      strip_prompt)
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected, reconciles
-from smartbrush.pipeline.render.per_image import load_image
+from smartbrush.pipeline.imaging.images import load_image_and_hash
 from smartbrush.pipeline.commands.verify import verify_shard_set
+from tests.tiny_blip import write_random_blip
 from smartbrush.schemas import instance_table
 
 WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -299,7 +300,7 @@ def _expected_texts(rows, captioner):
     """Each row's caption computed outside Beam, one crop at a time (None: degenerate)."""
     out = {}
     for r in rows:
-        image = load_image(r["image_path"], (r["image_width"], r["image_height"]), RenderConfig())
+        image, _ = load_image_and_hash(r["image_path"], (r["image_width"], r["image_height"]), RenderConfig())
         raw = captioner.caption_texts([captioner.crop_input(image, r)])[0]
         out[r["instance_id"]] = clean_caption(raw, captioner.generation.prompt)[0]
     return out

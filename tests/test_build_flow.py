@@ -165,7 +165,7 @@ def test_a_folder_refuses_another_schedule_or_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_build_with_blip_decodes_once_and_equals_build_caption_shard(tmp_path):
-    from smartbrush.pipeline.caption.blip import write_random_blip
+    from tests.tiny_blip import write_random_blip
 
     model = write_random_blip(str(tmp_path / "blip"), seed=0)
     flags, _ = _coco_copy(tmp_path)

@@ -1,4 +1,5 @@
-"""Full builds of real COCO and OpenImages data: ARCHITECTURE.md's invariants 1-5 on every sample."""
+"""Full builds of real COCO and OpenImages data: every sample checked against its source annotation
+(crop pixels, exact mask, nested levels, counts that reconcile)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from pycocotools.coco import COCO
 from smartbrush.pipeline.commands.demo import sample_build_args  # noqa: F401  (import check of the demo module)
 from smartbrush.pipeline.commands.build import run_build
 from smartbrush.pipeline.storage.manifest import read_manifest, read_rejected
-from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.imaging.masks import mask_box
 from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
 from smartbrush.schemas.shard_sample import decode_mask_png, sample_masks
 from smartbrush.pipeline.commands.verify import verify_shard_set
@@ -130,7 +131,7 @@ def test_fidelity_exact_at_source_resolution(built):
     # The instance table's masks (the build's instances/ folder) equal pycocotools' own decoding.
     import pyarrow.parquet as pq
 
-    from smartbrush.pipeline.render.masks import rle_to_mask
+    from smartbrush.pipeline.imaging.masks import rle_to_mask
 
     coco = COCO(str(built["coco_dir"] / "annotations" / "instances_val2017.json"))
     rows = pq.read_table(str(built["out"] / "instances")).to_pylist()

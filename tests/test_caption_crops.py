@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smartbrush.pipeline.caption.crops import (CropPolicy, caption_crop, caption_window, clip_box, cut_window,
-                                               image_crops)
+from smartbrush.pipeline.caption.crops import CropPolicy, caption_crop, caption_window, clip_box, image_crops
+from smartbrush.pipeline.imaging.window import cut_window
 from smartbrush.pipeline.errors import RecordError
 
 P = CropPolicy(margin=0.1, min_side=64)

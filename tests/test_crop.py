@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from smartbrush.pipeline.render.crop import choose_crop_window, crop_image, crop_mask, extract_window
+from smartbrush.pipeline.imaging.window import cut_window, place
+from smartbrush.pipeline.render.crop import choose_crop_window, crop_image, crop_mask
 
 
 def test_window_centred_on_box_with_context():
@@ -41,9 +42,9 @@ def test_window_is_square_and_contains_box(box):
     assert x0 <= box[0] and y0 <= box[1] and x1 >= box[2] and y1 >= box[3]
 
 
-def test_extract_window_pads_with_zeros():
+def test_cut_window_pads_with_zeros():
     a = np.arange(12).reshape(3, 4) + 1
-    out = extract_window(a, (-1, -1, 3, 3))
+    out = cut_window(a, (-1, -1, 3, 3))
     assert out.tolist() == [[0, 0, 0, 0], [0, 1, 2, 3], [0, 5, 6, 7], [0, 9, 10, 11]]
 
 
@@ -68,7 +69,7 @@ import math  # noqa: E402
 from smartbrush.config import RenderConfig, build_config_from_dict  # noqa: E402
 from smartbrush.pipeline.errors import RecordError  # noqa: E402
 from smartbrush.pipeline.render.crop import (check_size_at_resolution, crop_window, object_size_at_resolution,  # noqa: E402
-                                             place, scene_window)
+                                             scene_window)
 
 
 def test_scene_is_the_default_policy():
@@ -115,8 +116,8 @@ def test_object_policy_unchanged(box):
     assert crop_window((250, 200, 350, 250), (640, 480), RenderConfig(crop_policy="object")) == (225, 150, 375, 300)
 
 
-def _caption_place_before_merge(lo, hi, side, dim):
-    """pipeline/caption/crops.py's placer before it was merged into crop.place (boxes clipped to the image)."""
+def _clipped_box_place(lo, hi, side, dim):
+    """An independent placer for a box inside the image (the captioner's boxes are clipped to it)."""
     if side > dim:
         return (dim - side) // 2
     return min(max((lo + hi - side) // 2, 0), dim - side)
@@ -129,7 +130,7 @@ def test_one_placer_for_training_and_caption_crops():
         lo = int(rng.integers(0, dim))
         hi = int(rng.integers(lo + 1, dim + 1))
         side = int(rng.integers(hi - lo, 2 * dim + 2))
-        assert place(lo, hi, side, dim) == _caption_place_before_merge(lo, hi, side, dim), (lo, hi, side, dim)
+        assert place(lo, hi, side, dim) == _clipped_box_place(lo, hi, side, dim), (lo, hi, side, dim)
 
 
 def test_too_small_at_resolution_is_filtered():

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.render.images import decode_image, read_header
+from smartbrush.pipeline.imaging.images import decode_image, read_header
 
 
 def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

@@ -10,7 +10,7 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from PIL import Image
 
 from smartbrush.config import RenderConfig, load_schedule
-from smartbrush.pipeline.render.masks import mask_to_rle, rle_area_and_box
+from smartbrush.pipeline.imaging.masks import mask_to_rle, rle_area_and_box
 from smartbrush.pipeline.render.per_image import render_image
 from smartbrush.pipeline.storage import fileio
 from smartbrush.schemas import files

@@ -12,6 +12,12 @@ def caption_record(text: str, model: str, revision: str = "", settings: dict | N
             "settings": json.dumps(settings or {}, sort_keys=True, separators=(",", ":"))}
 
 
+def has_caption_by(row: dict, record: dict) -> bool:
+    """Whether `row` holds a caption by the model and settings of caption record `record`."""
+    return any((c["model"], c["revision"], c["settings"]) == (record["model"], record["revision"], record["settings"])
+               for c in row.get("captions") or [])
+
+
 def add_caption(row: dict, caption: dict) -> dict:
     """A copy of `row` with `caption` added; a caption by the same model and settings is replaced,
     captions by other models are kept."""
@@ -38,9 +44,3 @@ class LabelCaptioner(Captioner):
 
     def caption_rows(self, rows: list[dict], crops: list | None = None) -> list[dict | None]:
         return [caption_record(r["label"], "label") for r in rows]
-
-
-def make_captioner(name: str, **kwargs) -> Captioner:
-    if name == "label":
-        return LabelCaptioner()
-    raise ValueError(f"unknown captioner {name!r}; available: label")

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 
 from smartbrush.config import RenderConfig
-from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.crop import square_window
-from smartbrush.pipeline.render.masks import Box
-from smartbrush.pipeline.render.per_image import load_image
+from smartbrush.pipeline.errors import RecordError
+from smartbrush.pipeline.imaging.image_rows import per_image
+from smartbrush.pipeline.imaging.masks import Box
+from smartbrush.pipeline.imaging.window import cut_window, square_window
 
 BICUBIC = 3  # PIL's (and BlipImageProcessor's) resample code
 
@@ -50,7 +50,7 @@ def caption_window(box, image_size: tuple[int, int], policy: CropPolicy) -> Box:
     """Square window in source pixels around `box`: side = longer box side x (1 + 2 margin), at least
     min_side, at most the image's shorter side, but never smaller than the (clipped) box itself.
     It extends past the image only when the object is longer than the image's shorter side; it is
-    placed like the training crop (pipeline/render/crop.py's place)."""
+    placed like the training crop (imaging/window.py's place)."""
     width, height = image_size
     clipped = clip_box(box, image_size)
     x0, y0, x1, y1 = clipped
@@ -58,20 +58,6 @@ def caption_window(box, image_size: tuple[int, int], policy: CropPolicy) -> Box:
     side = max(math.ceil(longer * (1 + 2 * policy.margin)), policy.min_side)
     side = max(min(side, width, height), longer)
     return square_window(clipped, side, image_size)
-
-
-def cut_window(array: np.ndarray, window: Box, fill) -> np.ndarray:
-    """The window's pixels; where it extends past the array, `fill` (a value or an RGB triple)."""
-    x0, y0, x1, y1 = window
-    h, w = array.shape[:2]
-    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
-        return array[y0:y1, x0:x1]
-    out = np.empty((y1 - y0, x1 - x0) + array.shape[2:], dtype=array.dtype)
-    out[...] = fill
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = array[sy0:sy1, sx0:sx1]
-    return out
 
 
 def caption_crop(image: np.ndarray, box, policy: CropPolicy, out_size: tuple[int, int],
@@ -101,19 +87,5 @@ def image_crops(rows: list[dict], make_crop, render: RenderConfig | None = None,
 
     Returns (instance_id, crop) pairs, the rows that got a crop (in instance_id order) and
     rejection rows for the others (every row when the image itself cannot be loaded)."""
-    rows = sorted(rows, key=lambda r: r["instance_id"])
-    first = rows[0]
-    try:
-        image = load_image(first["image_path"], (first["image_width"], first["image_height"]), render or RenderConfig())
-    except RecordError as e:
-        return [], [], [rejection(r["instance_id"], r["source"], stage, e.reason, e.detail, r["image_path"], e.kind)
-                        for r in rows]
-    crops, kept, rejected = [], [], []
-    for row in rows:
-        try:
-            crops.append((row["instance_id"], make_crop(image, row)))
-            kept.append(row)
-        except RecordError as e:
-            rejected.append(rejection(row["instance_id"], row["source"], stage, e.reason, e.detail, row["image_path"],
-                                      e.kind))
-    return crops, kept, rejected
+    done, rejected = per_image(rows, lambda image, row: make_crop(image.pixels, row), render or RenderConfig(), stage)
+    return [(row["instance_id"], crop) for row, crop in done], [row for row, _ in done], rejected

@@ -19,12 +19,11 @@ from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_
                                                  prepare_output, resolve_config)
 from smartbrush.pipeline.commands.progress import run_with_progress
 from smartbrush.flags import parse_job_args
-from smartbrush.pipeline.render.shard_render import ShardRenderer
+from smartbrush.pipeline.transforms.shard_writer import ShardRenderer
 from smartbrush.pipeline.sources import coco, openimages
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.identity import make_identity
-from smartbrush.pipeline.storage.manifest import input_file_entry
-from smartbrush.pipeline.storage.manifest import finalize_set, read_manifest, read_rejected
+from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry
 from smartbrush.pipeline.storage.shard_plan import chunk_of, chunk_prefix
 from smartbrush.pipeline.transforms.finalize import chunk_record_path, finalize, read_chunk_record
 from smartbrush.pipeline.transforms.ingest import INPUTS, REJECTED, IngestCoco, IngestOpenImages
@@ -164,11 +163,8 @@ def run_in_chunks(out_dir: str, cfg: config_mod.BuildConfig, pipeline, schedule:
         for c in unfinished:
             record = json.loads(fileio.read_bytes(chunk_record_path(out_dir, c)))
             shards, rejected, n_inputs = shards + record["shards"], rejected + record["rejected"], n_inputs + record["inputs"]
-    if upstream:
-        rejected += read_rejected(upstream)
-        n_inputs = read_manifest(upstream)["counts"]["inputs"]
     finalize_set(out_dir, manifest_schema.KIND_INPAINTING, cfg.to_dict(), schedule, input_files, n_inputs, shards,
-                 rejected, lineage)
+                 rejected, lineage, upstream)
     return result
 
 

@@ -18,8 +18,9 @@ from smartbrush.pipeline.commands.common import (BEAM_FLAGS_HELP, add_captioner_
 from smartbrush.flags import parse_job_args
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.identity import claim_output, make_identity
-from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry, read_manifest, read_rejected
-from smartbrush.pipeline.transforms.caption import DROPPED, REJECTED, CaptionRowLists
+from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry, read_manifest
+from smartbrush.pipeline.caption.captioners import has_caption_by
+from smartbrush.pipeline.transforms.caption import DROPPED, DROPPED_FILE, REJECTED, CaptionRowLists
 from smartbrush.pipeline.transforms.table import read_instance_table, write_instance_table
 from smartbrush.pipeline.transforms.worker import WorkerDoFn
 from smartbrush.schemas import instance_table
@@ -27,14 +28,6 @@ from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
 
 log = logging.getLogger("smartbrush.caption")
-
-DROPPED_FILE = "captions_dropped.parquet"
-
-
-def has_caption_by(row: dict, record: dict) -> bool:
-    return any((c["model"], c["revision"], c["settings"]) == (record["model"], record["revision"], record["settings"])
-               for c in row.get("captions") or [])
-
 
 def caption_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -80,9 +73,6 @@ class FinalizeCaptionTable(WorkerDoFn):
     def process(self, _, table_files, row_counts, rejected, dropped, inputs):
         rejected, dropped = list(rejected), list(dropped)
         n_inputs = sum(inputs)
-        if self.upstream_dir:
-            n_inputs = read_manifest(self.upstream_dir)["counts"]["inputs"]
-            rejected += read_rejected(self.upstream_dir)
         written = sum(n for n, _ in row_counts)
         nbytes, sha, _ = fileio.atomic_write_bytes(fileio.join(self.out_dir, DROPPED_FILE), rejected_schema.table_bytes(dropped))
         by_reason: dict[str, int] = {}
@@ -93,7 +83,7 @@ class FinalizeCaptionTable(WorkerDoFn):
                    "captions_dropped": dict(sorted(by_reason.items())),
                    "dropped_file": {"name": DROPPED_FILE, "rows": len(dropped), "bytes": nbytes, "sha256": sha}}
         yield finalize_set(self.out_dir, manifest_schema.KIND_INSTANCE_TABLE, self.config, None, self.input_files,
-                           n_inputs, [{"samples": written}], rejected, lineage)
+                           n_inputs, [{"samples": written}], rejected, lineage, upstream=self.upstream_dir)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:

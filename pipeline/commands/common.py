@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import yaml
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from smartbrush import config as config_mod
@@ -131,12 +132,18 @@ def describe_captioner(captioner: Captioner) -> dict:
     return {"captioner": captioner.name, "model": captioner.name, "revision": "", "settings": {}}
 
 
-def prepare_output(out_dir: str, cfg: config_mod.BuildConfig, identity: dict | None = None) -> None:
+def prepare_output(out_dir: str, cfg: config_mod.BuildConfig | dict, identity: dict | None = None,
+                   identity_path: str | None = None) -> None:
     """Claim the output folder with the run's identity (refusing a folder whose bytes would differ,
-    naming what differs), write the resolved config beside it and drop an interrupted run's
-    temporary files."""
-    claim_output(out_dir, identity or make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict()))
-    fileio.atomic_write_bytes(fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME), config_mod.to_yaml(cfg).encode())
+    naming what differs; `identity_path`: see claim_output), write the resolved config beside it
+    (a BuildConfig, or a job's own config dict) and drop an interrupted run's temporary files."""
+    if isinstance(cfg, dict):
+        identity, text = identity, yaml.safe_dump(cfg, sort_keys=True)
+    else:
+        identity = identity or make_identity(manifest_schema.KIND_INPAINTING, cfg.to_dict())
+        text = config_mod.to_yaml(cfg)
+    claim_output(out_dir, identity, identity_path)
+    fileio.atomic_write_bytes(fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME), text.encode())
     if "://" not in out_dir:
         for folder, _, names in os.walk(out_dir):
             for name in names:

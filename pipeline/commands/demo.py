@@ -9,7 +9,6 @@ from importlib import resources
 
 from smartbrush.pipeline.commands.build import run_build
 from smartbrush.flags import parse_job_args
-from smartbrush.pipeline.render.masks import rle_to_mask  # noqa: F401  (keeps pycocotools import errors early)
 from smartbrush.pipeline.sources.openimages import segmentation_rows_from_masks, write_segmentation_csv
 from smartbrush.pipeline.commands.preview import contact_sheet
 from smartbrush.schemas.shard_sample import decode_mask_png

@@ -17,16 +17,16 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
-import yaml
 
 from smartbrush.flags import parse_job_args
+from smartbrush.pipeline.commands.common import prepare_output
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.laion_filter import (SOURCE_FILE, SOURCE_ROW, TEXT, URL, Columns, LaionFilters,
                                               check_columns, expand_inputs, read_schema_names,
                                               write_download_list)
 from smartbrush.pipeline.sources.laion_fold import fold_shard, fold_stats, shard_stem, unrecorded_rows
 from smartbrush.pipeline.storage.shards import scan_tar
-from smartbrush.pipeline.storage.identity import claim_output, make_identity
+from smartbrush.pipeline.storage.identity import make_identity
 from smartbrush.pipeline.storage.manifest import finalize_set, input_file_entry
 from smartbrush.schemas.manifest import shard_info
 from smartbrush.schemas import manifest as manifest_schema
@@ -100,23 +100,18 @@ def filters_of(args) -> LaionFilters:
 IDENTITY_PATH = ("_smartbrush", "identity.json")  # not at the top: img2dataset reads every *.json there
 
 
-def prepare_output(out_dir: str, config: dict, input_files: list[dict]) -> None:
-    """Claim the folder (refusing a set built with other settings or other input bytes: img2dataset
-    would resume the wrong rows), write config.yaml, and drop the manifest of an earlier run: its
-    presence marks a finished set, and img2dataset's resume scan reads every *.json as a shard's stats."""
+def prepare_laion_output(out_dir: str, config: dict, input_files: list[dict]) -> None:
+    """prepare_output with the input files in the identity (a set built with other settings or other
+    input bytes is refused: img2dataset would resume the wrong rows), then drop the manifest of an
+    earlier run: its presence marks a finished set, and img2dataset's resume scan reads every *.json
+    as a shard's stats."""
     identity = make_identity(manifest_schema.KIND_TEXT_TO_IMAGE, config, inputs=input_files)
-    claim_output(out_dir, identity, fileio.join(out_dir, *IDENTITY_PATH))
-    fileio.atomic_write_bytes(fileio.join(out_dir, manifest_schema.CONFIG_FILE_NAME),
-                              yaml.safe_dump(config, sort_keys=True).encode())
+    prepare_output(out_dir, config, identity, fileio.join(out_dir, *IDENTITY_PATH))
     manifest_path = fileio.join(out_dir, manifest_schema.FILE_NAME)
     if fileio.exists(manifest_path):
         from apache_beam.io.filesystems import FileSystems
 
         FileSystems.delete([manifest_path])
-    if "://" not in out_dir:
-        for name in os.listdir(out_dir):
-            if name.startswith(".tmp-"):
-                os.remove(os.path.join(out_dir, name))
 
 
 def download(list_path: str, out_dir: str, args: argparse.Namespace, save_columns: list[str]) -> None:
@@ -217,7 +212,7 @@ def run(argv: list[str] | None = None) -> dict:
         raise SystemExit(str(e)) from None
     config = resolved_config(args)
     input_files = [input_file_entry(p) for p in args.parquet]
-    prepare_output(args.out, config, input_files)
+    prepare_laion_output(args.out, config, input_files)
     list_path = fileio.join(args.out, DOWNLOAD_LIST)
     n_inputs, n_kept, before_download = write_download_list(args.parquet, list_path, filters, cols)
     log.info("laion: %d rows, %d to download, %d filtered or rejected before download", n_inputs, n_kept,

@@ -1,7 +1,7 @@
 """A live progress line for long jobs on the local runner: shards written, samples and samples/s.
 
 The launcher cannot see inside the worker processes while the runner works, so it watches what the
-workers commit to the output folder: `shard_parts/plan.json` (totals) and one part file per shard.
+workers commit to the output folder: `shard_parts/plan-<prefix>.json` (totals) and one part file per shard.
 Works on any filesystem Beam reads; polls every few seconds and reads each part file once.
 """
 
@@ -15,7 +15,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineResult
 
-from smartbrush.pipeline.render.shard_render import PARTS_DIR
+from smartbrush.pipeline.transforms.shard_writer import PARTS_DIR
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.transforms.shards import plan_file
 

@@ -1,4 +1,5 @@
-"""Source image decoding to RGB uint8, with the checks a corpus build needs."""
+"""Source images: reading and decoding to RGB uint8 in the annotation's frame, with the checks a
+corpus build needs (missing, unreadable, too large, size mismatch: RecordError reasons)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image, ImageOps
 
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.storage import fileio
+from smartbrush.schemas.files import digest_bytes
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -115,3 +117,24 @@ def decode_image(data: bytes, expected_size: tuple[int, int] | None = None, exif
         if apply and header.orientation != 1:
             im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
+
+
+def read_image_bytes(path: str) -> bytes:
+    """A source image file's bytes; raises RecordError for a missing or unreadable file."""
+    try:
+        return fileio.read_bytes(path)
+    except FileNotFoundError:
+        raise RecordError("image_missing", path) from None
+    except fileio.TransientIOError:
+        raise  # retried and still failing: fail the job (a re-run resumes), never a rejection
+    except OSError as e:
+        if not fileio.exists(path):
+            raise RecordError("image_missing", path) from None
+        raise RecordError("image_unreadable", f"{type(e).__name__}: {e}") from None
+
+
+def load_image_and_hash(path: str, expected_size: tuple[int, int], render) -> tuple[np.ndarray, str]:
+    """Decoded RGB array in the annotation's frame and the sha256 of the file's bytes; `render` is a
+    RenderConfig (exif policy, max_image_pixels)."""
+    data = read_image_bytes(path)
+    return decode_image(data, expected_size, render.exif, render.max_image_pixels), digest_bytes(data).sha256

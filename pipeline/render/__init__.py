@@ -1,1 +1,1 @@
-"""Per-element rendering: decode, masks, crop windows, the mask ladder, sample bytes (no Beam)."""
+"""Per-element rendering: the training crop, the mask ladder, sample bytes (plain functions, no Beam transforms)."""

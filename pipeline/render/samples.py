@@ -10,7 +10,7 @@ from smartbrush.config import RenderConfig
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.crop import check_size_at_resolution, crop_image, crop_mask, crop_window
 from smartbrush.pipeline.render.ladder import render_region_map
-from smartbrush.pipeline.render.masks import mask_box, rle_to_mask
+from smartbrush.pipeline.imaging.masks import mask_box, rle_to_mask
 from smartbrush.schemas import shard_sample
 from smartbrush.schemas.level_map import encode_level_map_box
 from smartbrush.schemas.mask_schedule import MaskSchedule

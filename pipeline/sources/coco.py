@@ -7,7 +7,7 @@ import ijson
 from smartbrush.config import FilterConfig
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.masks import rle_area_and_box, segmentation_to_rle
+from smartbrush.pipeline.imaging.masks import rle_area_and_box, segmentation_to_rle
 
 SOURCE = "coco"
 _TOP_LEVEL_KEYS = {"info", "licenses", "images", "annotations", "categories"}

@@ -25,10 +25,6 @@ METADATA_COLUMNS = ("WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "A
 SOURCE_FILE, SOURCE_ROW = "source_file", "source_row"
 URL, TEXT = "URL", "TEXT"  # the download list's url and caption column names
 
-# Reasons this stage writes to rejected.parquet (kind "filtered", then kind "rejected").
-FILTER_REASONS = ("min_aesthetic_score", "max_punsafe", "max_pwatermark", "min_width", "min_height")
-INPUT_REASONS = ("url_missing", "caption_missing")
-
 
 @dataclass(frozen=True)
 class LaionFilters:

@@ -8,13 +8,12 @@ from smartbrush.config import FilterConfig
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.sources.coco import apply_filters, instance_id
 from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.images import read_file_header
-from smartbrush.pipeline.render.masks import openimages_mask_to_rle, rle_area_and_box
+from smartbrush.pipeline.imaging.images import read_file_header
+from smartbrush.pipeline.imaging.masks import mask_box, openimages_mask_to_rle, rle_area_and_box
 
 SOURCE = "openimages"
 SEGMENTATION_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin",
                         "BoxYMax", "PredictedIoU", "Clicks")
-REQUIRED_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID")
 
 
 def _first_line(path: str) -> str:
@@ -113,8 +112,6 @@ def segmentation_rows_from_masks(mask_names: list[str], read_mask) -> list[dict]
     <ImageID>_m<label>_<BoxID>.png (the official MaskPath pattern); `read_mask(name)` returns the
     mask as a 2-D bool array, from which the normalised box is measured. For fixtures that come
     with masks but no CSV."""
-    from smartbrush.pipeline.render.masks import mask_box
-
     rows = []
     for name in sorted(mask_names):
         stem = name.rsplit("/", 1)[-1][:-4]

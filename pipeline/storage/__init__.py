@@ -1,1 +1,2 @@
-"""Files, shards, manifests and rejected tables: what lands on disk and how it is read back."""
+"""Beam-side file access (FileSystems, atomic writes), shard files, and finalize (manifest.json and
+rejected.parquet); the formats themselves are in schemas/."""

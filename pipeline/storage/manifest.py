@@ -46,9 +46,17 @@ class ReconciliationError(RuntimeError):
 
 
 def finalize_set(out_dir: str, kind: str, config: dict, schedule: dict | None, input_files: list[dict],
-                 n_inputs: int, shards: list[dict], rejected_rows: list[dict], lineage: dict | None = None) -> dict:
+                 n_inputs: int, shards: list[dict], rejected_rows: list[dict], lineage: dict | None = None,
+                 upstream: str | None = None) -> dict:
     """Check that the counts reconcile, then write rejected.parquet and manifest.json (last: its
-    presence marks a finished set). Every job's finalize goes through here."""
+    presence marks a finished set). Every job's finalize goes through here.
+
+    With `upstream` (the shard set or table this stage read) the counts carry that set's forward: its
+    inputs stand for `n_inputs` and its rejected rows join this stage's, so that the manifest
+    reconciles back to the original records."""
+    if upstream:
+        rejected_rows = rejected_rows + read_rejected(upstream)
+        n_inputs = read_manifest(upstream)["counts"]["inputs"]
     written = sum(s["samples"] for s in shards)
     c = counts(n_inputs, written, rejected_rows)
     if not reconciles(c):

@@ -1,1 +1,1 @@
-"""Thin Beam DoFns and PTransforms over the per-element functions."""
+"""Thin Beam DoFns and PTransforms over the per-element functions, and the per-shard writer they run."""

@@ -11,7 +11,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.caption.blip import BlipCaptioner, attach_captions
-from smartbrush.pipeline.caption.captioners import Captioner, add_caption
+from smartbrush.pipeline.caption.captioners import Captioner, add_caption, has_caption_by
 from smartbrush.pipeline.caption.crops import image_crops
 from smartbrush.pipeline.errors import rejection
 from smartbrush.pipeline.storage.shard_plan import image_key
@@ -21,11 +21,6 @@ REJECTED = "rejected"
 DROPPED = "dropped"  # captions dropped (degenerate); their rows stay in the table
 DROPPED_FILE = "captions_dropped.parquet"
 _KEYED_ROWS = "keyed_rows"
-
-
-def has_caption_by(row: dict, record: dict) -> bool:
-    return any((c["model"], c["revision"], c["settings"]) == (record["model"], record["revision"], record["settings"])
-               for c in row.get("captions") or [])
 
 
 class CaptionWithoutImages(WorkerDoFn):

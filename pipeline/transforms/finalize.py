@@ -8,8 +8,7 @@ import apache_beam as beam
 
 from smartbrush.config import BuildConfig
 from smartbrush.pipeline.storage import fileio
-from smartbrush.pipeline.storage.manifest import (ReconciliationError, counts, finalize_set, read_manifest,
-                                                  read_rejected, reconciles)
+from smartbrush.pipeline.storage.manifest import ReconciliationError, counts, finalize_set, reconciles
 from smartbrush.pipeline.transforms.worker import WorkerDoFn
 
 CHUNKS_DIR = "chunk_parts"
@@ -67,11 +66,8 @@ class FinalizeShardSet(WorkerDoFn):
                 raise ReconciliationError(f"{self.out_dir}: this stage's counts do not reconcile: {stage}; is "
                                           f"{self.upstream_dir} consistent with its manifest?")
             lineage = {**(lineage or {}), self.stage_counts: stage}
-        if self.upstream_dir:
-            rejected += read_rejected(self.upstream_dir)
-            n_inputs = read_manifest(self.upstream_dir)["counts"]["inputs"]
         yield finalize_set(self.out_dir, self.kind, self.config, self.schedule, self.input_files, n_inputs,
-                           shards, rejected, lineage)
+                           shards, rejected, lineage, upstream=self.upstream_dir)
 
 
 def finalize(pbegin_or_p, out_dir: str, kind: str, config: BuildConfig | dict, schedule: dict | None,

@@ -1,7 +1,7 @@
 """One planned shard, rendered where it is written: every source image is read and decoded once for
-all of its instances (captions included when a model captions them), and each sample goes to the
-tar as soon as it exists, so a worker holds one caption batch of images and one shard's rows, never
-a shard's samples.
+all of its instances (imaging/image_rows.py; captions included when a model captions them), and
+each image's samples go to the tar as soon as they exist, so a worker holds one caption batch of
+images, one image's samples and one shard's rows, never a shard's samples.
 
 Next to each shard, `shard_parts/<name>.json` (written last) records the plan digest, the shard's
 info and its rejections; a re-run reuses a shard only when that record exists, its plan matches and
@@ -22,8 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from smartbrush.config import RenderConfig
 from smartbrush.pipeline.caption.captioners import Captioner, add_caption
-from smartbrush.pipeline.errors import RecordError, rejection
-from smartbrush.pipeline.render.per_image import load_image_and_hash
+from smartbrush.pipeline.errors import RecordError
+from smartbrush.pipeline.imaging.image_rows import each_row, load_rows_image, reject_row
 from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_digest
@@ -49,7 +49,7 @@ class ShardOutcome:
 @dataclass
 class _Image:
     rows: list[dict]
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # None once rendered, or when it could not be loaded (`error`)
     error: RecordError | None = None
     rejected: list[dict] = field(default_factory=list)
 
@@ -133,21 +133,20 @@ class ShardRenderer:
         outcome.rejected = record["rejected"]
         return outcome
 
-    def _reject(self, row: dict, e: RecordError, stage: str | None = None) -> dict:
-        return rejection(row["instance_id"], row["source"], stage or self.stage, e.reason, e.detail,
-                         row["image_path"], kind=getattr(e, "kind", "rejected"))
-
     def _load(self, rows: list[dict], outcome: ShardOutcome) -> _Image:
-        first = rows[0]
         try:
-            image, sha = load_image_and_hash(first["image_path"], (first["image_width"], first["image_height"]),
-                                             self.render)
+            image = load_rows_image(rows, self.render)
         except RecordError as e:
             return _Image(rows, error=e)
         outcome.images_decoded += 1
-        return _Image([{**r, "image_sha256": sha} for r in rows], image)
+        return _Image([{**r, "image_sha256": image.sha256} for r in rows], image.pixels)
 
     def _caption(self, images: list[_Image], outcome: ShardOutcome) -> None:
+        # Model captions run here, in the DoFn that renders the shard, not through RunInference as in
+        # `smartbrush caption` (transforms/caption.py): RunInference is a transform between
+        # PCollections, so the crops would have to leave this DoFn and the caption come back before
+        # the sample is rendered, decoding each image twice or shuffling decoded pixels. Both paths
+        # share the crop (captioner.crop_input) and the model call (BlipRuntime.caption_batch).
         for captioner in self.captioners:
             if not captioner.needs_image:
                 for img in images:
@@ -158,16 +157,12 @@ class ShardRenderer:
             for img in images:
                 if img.image is None:
                     continue
-                kept = []
-                for row in img.rows:
-                    try:
-                        crops.append(captioner.crop_input(img.image, row))
-                    except RecordError as e:  # as `smartbrush caption` does: the row goes no further
-                        img.rejected.append(self._reject(row, e, stage="caption"))
-                        continue
-                    kept.append(row)
-                img.rows = kept
-                targets += [(img, i) for i in range(len(kept))]
+                # as `smartbrush caption` does: a row without a crop goes no further
+                done, rejected = each_row(img.rows, lambda row: captioner.crop_input(img.image, row), "caption")
+                img.rejected += rejected
+                img.rows = [row for row, _ in done]
+                crops += [crop for _, crop in done]
+                targets += [(img, i) for i in range(len(done))]
             records = captioner.caption_rows([img.rows[i] for img, i in targets], crops) if targets else []
             for (img, i), record in zip(targets, records):
                 if record is None:
@@ -184,16 +179,14 @@ class ShardRenderer:
                 table_rows.extend({k: v for k, v in r.items() if k != "image_sha256"} for r in img.rows)
                 outcome.rejected += img.rejected
                 if img.error is not None:
-                    outcome.rejected += [self._reject(r, img.error) for r in img.rows]
+                    outcome.rejected += [reject_row(r, img.error, self.stage) for r in img.rows]
                     continue
-                for row in img.rows:
-                    try:
-                        sample = render_sample(img.image, row, self.schedule, self.render)
-                    except RecordError as e:
-                        outcome.rejected.append(self._reject(row, e))
-                        continue
+                done, rejected = each_row(
+                    img.rows, lambda row: render_sample(img.image, row, self.schedule, self.render), self.stage)
+                outcome.rejected += rejected
+                img.image = None  # drop the decoded image before the next one
+                for row, sample in done:
                     yield row["instance_id"], sample
-                img.image = None  # drop the decoded image before the next group
 
     def _write_table_part(self, name: str, rows: list[dict]) -> None:
         table = pa.Table.from_pylist(rows, schema=instance_table.SCHEMA)

@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from smartbrush.pipeline.render.shard_render import PARTS_DIR, ShardRenderer
+from smartbrush.pipeline.transforms.shard_writer import PARTS_DIR, ShardRenderer
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shard_plan import image_key, plan_boundaries, shard_of
 from smartbrush.schemas.shard_tar import shard_name
