@@ -17,7 +17,7 @@ from smartbrush.cli import main
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.eval import contamination
 from smartbrush.eval.benchmark import read_benchmark
-from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
+from smartbrush.pipeline.imaging.masks import mask_box, mask_to_rle
 from smartbrush.pipeline.render.samples import render_sample
 from smartbrush.pipeline.storage.manifest import finalize_set
 from smartbrush.pipeline.storage.shards import write_shard

@@ -9,11 +9,11 @@ import pytest
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.errors import RecordError
 from smartbrush.pipeline.render.crop import choose_crop_window, crop_mask
-from smartbrush.pipeline.render.images import read_header
+from smartbrush.pipeline.imaging.images import read_header
 from smartbrush.pipeline.render import ladder
 from smartbrush.pipeline.render.ladder import (_Pyramid, _ladder_plan, blur_parameters, certain_rows, reference_ladder,
                                                render_ladder, render_level_map, render_region_map)
-from smartbrush.pipeline.render.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
+from smartbrush.pipeline.imaging.masks import (mask_box, openimages_mask_to_rle, rle_area_and_box, rle_to_mask,
                                               segmentation_to_rle)
 from smartbrush.schemas.level_map import levels_from_map, map_from_levels
 from smartbrush.schemas.mask_schedule import Level, from_dict

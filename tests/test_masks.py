@@ -6,7 +6,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.render.masks import (mask_box, mask_to_rle, openimages_mask_to_rle, rle_area_and_box,
+from smartbrush.pipeline.imaging.masks import (mask_box, mask_to_rle, openimages_mask_to_rle, rle_area_and_box,
                                        rle_to_mask, segmentation_to_rle)
 
 

@@ -18,7 +18,7 @@ from smartbrush import config as config_mod  # noqa: E402
 from smartbrush.config import RenderConfig  # noqa: E402
 from smartbrush.pipeline.render.ladder import render_ladder, render_level_map, unchanged_levels  # noqa: E402
 from smartbrush.pipeline.storage.manifest import read_rejected, reconciles  # noqa: E402
-from smartbrush.pipeline.render.masks import mask_box, mask_to_rle  # noqa: E402
+from smartbrush.pipeline.imaging.masks import mask_box, mask_to_rle  # noqa: E402
 from smartbrush.pipeline.render.remask import (SHARD_CORRUPT, SHARD_MISSING, input_schedule, new_json,  # noqa: E402
                                               remask_sample, remask_samples, remask_shard)
 from smartbrush.schemas.level_map import decode_level_map, encode_level_map  # noqa: E402

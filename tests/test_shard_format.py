@@ -14,7 +14,7 @@ from PIL import Image
 
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.render.ladder import render_ladder, render_level_map
-from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
+from smartbrush.pipeline.imaging.masks import mask_box, mask_to_rle
 from smartbrush.schemas.level_map import decode_level_map, encode_level_map
 from smartbrush.schemas.shard_sample import encode_json, sample_level_map, sample_mask, sample_masks, sample_meta, sample_num_levels
 from tests.sample_fixtures import encode_masks, encode_masks_v1

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from smartbrush.pipeline.errors import RecordError
-from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.imaging.masks import mask_box
 from smartbrush.schemas.mask_schedule import Level, MaskSchedule
 from smartbrush.schemas.level_map import MAX_LEVELS, OUTSIDE, levels_from_map
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from smartbrush.pipeline.errors import RecordError, rejection
 from smartbrush.pipeline.render.ladder import render_region_map, unchanged_levels
-from smartbrush.pipeline.render.masks import mask_box
+from smartbrush.pipeline.imaging.masks import mask_box
 from smartbrush.pipeline.storage import fileio
 from smartbrush.pipeline.storage.shards import write_shard
 from smartbrush.schemas import mask_schedule, shard_sample
