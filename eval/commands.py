@@ -245,11 +245,12 @@ def bench_parser() -> argparse.ArgumentParser:
 
 
 def bench_main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        bench_parser().parse_args(["--help"])  # the help of `bench import`, the one sub-verb; exits 0
     if not argv or argv[0] != "import":
-        out = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
         print("usage: smartbrush bench import --format F [SRC] --out DIR  (smartbrush bench import --help for flags)",
-              file=out)
-        return 0 if out is sys.stdout else 2
+              file=sys.stderr)
+        return 2
     p = bench_parser()
     a, _ = parse_job_args(p, argv[1:], beam=False)
     from smartbrush.eval import importers
