@@ -32,6 +32,17 @@ CHUNK = 4 << 20
 GB = 1e9
 
 
+def release_clients(url: str) -> None:
+    """Close the fsspec client (and its pooled connections) that reads `url`, in this process.
+    fsspec keeps one client per filesystem class and process; a forked DataLoader worker drops the
+    one it inherits, and closing that copy unregisters the parent's pooled sockets from the event
+    loop polling object the two processes share after fork, so the parent's next request on one of
+    them waits forever. A client closed after each use leaves nothing to inherit."""
+    import fsspec
+
+    fsspec.get_filesystem_class(fsspec.utils.get_protocol(url)).clear_instance_cache()
+
+
 class ShardCacheError(RuntimeError):
     """The cache cannot hold what it is asked to (a shard larger than the cap)."""
 
@@ -162,7 +173,10 @@ class ShardCache:
 
         with open(part, "wb") as f:  # reserved at full size: what the cap accounts
             f.truncate(shard["bytes"])
-        files.retry_io(copy, what=f"fetching {shard['url']}")
+        try:
+            files.retry_io(copy, what=f"fetching {shard['url']}")
+        finally:
+            release_clients(shard["url"])
         with open(part, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 return shard_problem(b"", shard)
