@@ -14,10 +14,13 @@
    `final/`, and `smartbrush sample` runs 2 steps from it. Prints seconds per step, the peak RSS of
    each command and the UNet's parameter count against a plain 4-channel SD v1 UNet. Needs about
    16 GB of RAM and 20 GB of disk under --work.
+4. Remote (`--remote`, benchmarks/bench_train_remote.py): the loader from a loopback HTTP server with a
+   cold and a warm shard cache, against local disk and plain JPEG decoding of the same images.
 
     python benchmarks/bench_train.py --shards DIR [--batches 20] [--warmup-batches 20] [--batch-size 8] [--resolution 512]
     python benchmarks/bench_train.py --shards DIR --device cuda --size sd-v1 --batch-sizes 1,2,4,8
     python benchmarks/bench_train.py --size sd-v1 --device cpu [--work DIR] [--shards DIR]
+    python benchmarks/bench_train.py --remote [--shards DIR] [--rounds 3] [--default-heap]
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import torch
 from smartbrush.model.tiny import tiny_unet_config, write_tiny_tokenizer
 from smartbrush.model.unet import split_output, to_smartbrush
 from smartbrush.schemas.shard_sample import decode_jpeg
-from smartbrush.pipeline.storage.manifest import read_manifest
-from smartbrush.pipeline.storage.shard_reader import iter_samples
+from smartbrush.schemas.manifest import read_manifest
+from smartbrush.schemas.shard_set import iter_samples
 from smartbrush.train.objective import masked_mse, smartbrush_loss
 from smartbrush.train.stream import BatchStream, read_shard_set
 
@@ -317,7 +320,15 @@ def build_in_subprocess(base: str) -> None:
 
 
 def main() -> int:
+    if "--remote" in sys.argv[1:]:  # the loader from a loopback HTTP server: its own script and flags
+        sys.argv.remove("--remote")
+        import bench_train_remote
+
+        return bench_train_remote.main()
     p = argparse.ArgumentParser()
+    p.add_argument("--remote", action="store_true", help="loader samples/s from a loopback HTTP server, cold and "
+                                                        "warm cache, against local disk and plain JPEG decoding "
+                                                        "(benchmarks/bench_train_remote.py; its flags follow)")
     p.add_argument("--shards", help="an inpainting shard set (required but for --size sd-v1 --device cpu, which "
                                     "builds the embedded sample at 512 px when it is not given)")
     p.add_argument("--work", default="/tmp/smartbrush-bench-train", help="--size sd-v1 --device cpu: work folder")

@@ -1,1 +1,2 @@
-"""smartbrush.eval: reserved for the eval stage (see ARCHITECTURE.md); it reads only the shard format."""
+"""smartbrush.eval: benchmark sets and importers, sampling every method, FID / local FID / CLIP score /
+background and mask metrics, reports and comparisons. Reads shard sets through smartbrush.schemas."""

@@ -1,7 +1,7 @@
 """SmartBrushPipeline: text- and shape-guided object inpainting with mask-precision control.
 
 A diffusers `DiffusionPipeline` (components `vae`, `text_encoder`, `tokenizer`, `unet`, `scheduler`)
-for the SmartBrush UNet of ARCHITECTURE.md's model contract: 9 input channels (noisy latent 4, mask 1,
+for the SmartBrush UNet (model/unet.py): 9 input channels (noisy latent 4, mask 1,
 masked-image latent 4), 5 output channels (noise 4, object-mask logit 1), the precision level s passed
 as `class_labels`. diffusers' `StableDiffusionInpaintPipeline` cannot run it: it hands every output
 channel to the scheduler. Here the first four channels are the noise prediction and the fifth the

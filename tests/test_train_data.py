@@ -17,7 +17,7 @@ from PIL import Image
 
 from smartbrush.config import RenderConfig, load_schedule
 from smartbrush.pipeline.commands import laion
-from smartbrush.pipeline.render.masks import mask_box, mask_to_rle
+from smartbrush.pipeline.imaging.masks import mask_box, mask_to_rle
 from smartbrush.schemas.shard_sample import decode_jpeg, sample_masks
 from smartbrush.pipeline.render.samples import encode_jpeg, render_sample
 from smartbrush.pipeline.storage.shards import write_shard

@@ -231,12 +231,13 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
         val_stream = BatchStream(validation, [], batch_size=d.batch_size, resolution=d.resolution,
                                  num_levels=num_levels, seed=cfg.seed + 1, p_label=d.p_label, rank=0, world=1)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    last_loss, window, skipped = float("nan"), [], 0
+    last_loss, window, skipped, skipped_shards = float("nan"), [], 0, 0
     started, samples = time.monotonic(), 0
     for batch in loader:
         if step >= cfg.max_steps:
             break
         skipped += batch["skipped"]
+        skipped_shards += batch.get("skipped_shards", 0)
         with accelerator.accumulate(unet):
             g = _generator(cfg.seed, rank, batch["batch_index"])
             loss, parts, _ = forward_loss(c, unet, batch, cfg, g, device)
@@ -255,7 +256,8 @@ def train(cfg: TrainConfig, inpainting: list[ShardSet], text_to_image: list[Shar
         if ema is not None:
             ema.step(unet.parameters())
         row = {"step": step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]},
-               "lr": lr_scheduler.get_last_lr()[0], "skipped_samples": skipped}
+               "lr": lr_scheduler.get_last_lr()[0], "skipped_samples": skipped,
+               "skipped_shards": skipped_shards}
         window, last_loss = [], row["loss"]
         if accelerator.is_main_process:
             _append_jsonl(losses_path, row)
