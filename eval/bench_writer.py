@@ -7,7 +7,9 @@ contamination check take it as they take a built set.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -84,25 +86,32 @@ def write_benchmark(out: str, samples: list[ImportedSample], rejected_rows: list
     """Write the set into `out` (a new or empty folder); returns the manifest. `inputs` are the source
     files read (their sizes and sha256 go into the manifest); the count of inputs is
     len(samples) + len(rejected_rows)."""
+    schedule = load_schedule(SCHEDULE).to_json()
+    members = [(s.key, encode_sample(s, schedule, jpeg_quality)) for s in sorted(samples, key=lambda s: s.key)]
+    return write_set(out, members, rejected_rows, inputs, config, schedule, samples_per_shard)
+
+
+def write_set(out: str, members: Iterable[tuple[str, dict]], rejected_rows: list[dict], inputs: list[str],
+              config: dict, schedule: dict, samples_per_shard: int = 1000) -> dict:
+    """Write samples already in the shard format ((key, members), in a deterministic order) as a shard
+    set into `out` (a new or empty folder), one shard in memory at a time, with rejected.parquet and a
+    manifest that reconciles."""
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out}: not empty; an imported benchmark goes into a new folder")
-    schedule = load_schedule(SCHEDULE).to_json()
-    samples = sorted(samples, key=lambda s: s.key)
-    shards = []
-    for i in range(0, max(len(samples), 1), samples_per_shard):
-        chunk = samples[i:i + samples_per_shard]
-        if not chunk:
-            break
-        name = shard_tar.shard_name("inpainting", i // samples_per_shard)
-        data = shard_tar.tar_bytes([(s.key, encode_sample(s, schedule, jpeg_quality)) for s in chunk])
-        shards.append(manifest_schema.shard_info(name, len(chunk), files.atomic_write_local(os.path.join(out, name), data)))
+    shards, written, members = [], 0, iter(members)
+    while chunk := list(itertools.islice(members, samples_per_shard)):
+        name = shard_tar.shard_name("inpainting", len(shards))
+        digest = files.atomic_write_local(os.path.join(out, name), shard_tar.tar_bytes(chunk))
+        shards.append(manifest_schema.shard_info(name, len(chunk), digest))
+        written += len(chunk)
     rej = rejected_schema.table_bytes(rejected_rows)
     rej_digest = files.atomic_write_local(os.path.join(out, rejected_schema.FILE_NAME), rej)
     input_entries = []
     for path in inputs:
         d = files.digest_file(path)
-        input_entries.append({"path": os.path.abspath(path), "bytes": d.bytes, "sha256": d.sha256})
-    counts = manifest_schema.counts(len(samples) + len(rejected_rows), len(samples), rejected_rows)
+        input_entries.append({"path": path if files.is_url(path) else os.path.abspath(path), "bytes": d.bytes,
+                              "sha256": d.sha256})
+    counts = manifest_schema.counts(written + len(rejected_rows), written, rejected_rows)
     manifest = manifest_schema.make_manifest(
         manifest_schema.KIND_INPAINTING, config, schedule, input_entries, counts, shards,
         {"name": rejected_schema.FILE_NAME, "rows": len(rejected_rows), "bytes": rej_digest.bytes,

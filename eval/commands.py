@@ -227,7 +227,9 @@ def bench_parser() -> argparse.ArgumentParser:
                     "take. Source files' sha256 go into manifest.json's inputs.")
     p.add_argument("src", nargs="?", default="",
                    help="brushbench/editbench: mapping_file.json or its folder; hd-painter: the image_idx,segment_idx "
-                        "CSV (mscoco_testset_10000.csv); coco-pairs: an image_id,annotation_id CSV; coco-paper: none")
+                        "CSV (mscoco_testset_10000.csv); coco-pairs: an image_id,annotation_id CSV; coco-paper: none; "
+                        "openimages-paper: a shard set built from OpenImages test (`smartbrush build "
+                        "--openimages-... --schedule exact-box`), folder or URL")
     p.add_argument("--format", required=True, choices=FORMATS, help="the benchmark's published format")
     p.add_argument("--out", required=True, help="new folder for the shard set")
     p.add_argument("--coco", help="COCO folder (annotations/instances_SPLIT.json and SPLIT/) for the COCO formats")
@@ -236,9 +238,11 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-key", default="inpainting_mask", choices=("inpainting_mask", "outpainting_mask"),
                    help="brushbench/editbench mask (default inpainting_mask)")
     p.add_argument("--per-image", type=int, default=2, help="coco-paper: masks per image (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="coco-paper: seed of the draw (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="coco-paper, openimages-paper: seed of the draw (default 0)")
     p.add_argument("--min-area", type=float, default=0.01,
                    help="coco-paper: smallest object, as a fraction of the image (default 0.01)")
+    p.add_argument("--min-image-side", type=int, default=512,
+                   help="openimages-paper: smallest side of a kept source image in px (default 512)")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="default 1000")
     p.add_argument("--jpeg-quality", type=int, default=95, help="default 95")
     return p
@@ -265,7 +269,7 @@ def bench_main(argv: list[str]) -> int:
         p.error(f"--format {a.format} needs SRC")
     if a.resolution < 16 or a.samples_per_shard < 1 or not 1 <= a.jpeg_quality <= 100 or a.per_image < 1:
         p.error("--resolution >= 16, --samples-per-shard >= 1, --per-image >= 1 and --jpeg-quality 1..100 required")
-    if a.src and not os.path.exists(a.src):
+    if a.src and "://" not in a.src and not os.path.exists(a.src):
         p.error(f"SRC {a.src}: no such file or folder")
     try:
         if a.format in ("brushbench", "editbench"):
@@ -274,10 +278,20 @@ def bench_main(argv: list[str]) -> int:
             got = importers.read_hd_painter(a.src, a.coco, a.split, a.resolution)
         elif a.format == "coco-pairs":
             got = importers.read_coco_pairs(a.src, a.coco, a.split, a.resolution)
+        elif a.format == "openimages-paper":
+            from smartbrush.eval import paper_openimages
+            from smartbrush.eval.bench_writer import write_set
+            from smartbrush.schemas import files, manifest as manifest_schema
+
+            members, rows, source = paper_openimages.select(a.src, a.min_image_side, a.seed)
+            config = {"format": a.format, "src": a.src, "min_image_side": a.min_image_side, "seed": a.seed}
+            manifest = write_set(a.out, members, rows, [files.join(a.src, manifest_schema.FILE_NAME)], config,
+                                 source["mask_schedule"], a.samples_per_shard)
         else:
             got = importers.read_coco_paper(a.coco, a.split, a.resolution, a.per_image, a.seed, a.min_area)
-        manifest = write_benchmark(a.out, got.samples, got.rejected, got.inputs, got.config, a.samples_per_shard,
-                                   a.jpeg_quality)
+        if a.format != "openimages-paper":
+            manifest = write_benchmark(a.out, got.samples, got.rejected, got.inputs, got.config,
+                                       a.samples_per_shard, a.jpeg_quality)
     except (OSError, ValueError, KeyError) as e:
         print(f"smartbrush bench: {e}", file=sys.stderr)
         return 2

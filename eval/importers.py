@@ -34,7 +34,7 @@ from smartbrush.eval.bench_writer import ImportedSample, mask_box, rejection
 from smartbrush.schemas import files
 
 BRUSHBENCH_SIZE = 512
-FORMATS = ("brushbench", "editbench", "hd-painter", "coco-pairs", "coco-paper")
+FORMATS = ("brushbench", "editbench", "hd-painter", "coco-pairs", "coco-paper", "openimages-paper")
 
 
 # ------------------------------------------------------------------------------------ run-length pairs

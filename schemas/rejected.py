@@ -62,9 +62,11 @@ REASONS_REJECTED = (
 # img2dataset's HTTP errors: "http_" and the status code, e.g. http_404.
 HTTP_REASON = re.compile(r"http_\d{3}")
 # too_small_at_resolution: the object's box is shorter than render.min_object_size_at_resolution
-# pixels (its longer side) in the R x R crop. The last five: laion's filters.
+# pixels (its longer side) in the R x R crop. Then laion's five filters, and `bench import --format
+# openimages-paper`'s min_image_side (a source image under the paper's 512 px).
 REASONS_FILTERED = ("crowd", "min_area", "min_box_side", "max_instances_per_image", "too_small_at_resolution",
-                    "min_aesthetic_score", "max_punsafe", "max_pwatermark", "min_width", "min_height")
+                    "min_aesthetic_score", "max_punsafe", "max_pwatermark", "min_width", "min_height",
+                    "min_image_side")
 
 SCHEMA = pa.schema(
     [
