@@ -278,18 +278,13 @@ def bench_main(argv: list[str]) -> int:
             got = importers.read_hd_painter(a.src, a.coco, a.split, a.resolution)
         elif a.format == "coco-pairs":
             got = importers.read_coco_pairs(a.src, a.coco, a.split, a.resolution)
-        elif a.format == "openimages-paper":
-            from smartbrush.eval import paper_openimages
-            from smartbrush.eval.bench_writer import write_set
-            from smartbrush.schemas import files, manifest as manifest_schema
-
-            members, rows, source = paper_openimages.select(a.src, a.min_image_side, a.seed)
-            config = {"format": a.format, "src": a.src, "min_image_side": a.min_image_side, "seed": a.seed}
-            manifest = write_set(a.out, members, rows, [files.join(a.src, manifest_schema.FILE_NAME)], config,
-                                 source["mask_schedule"], a.samples_per_shard)
-        else:
+        elif a.format == "coco-paper":
             got = importers.read_coco_paper(a.coco, a.split, a.resolution, a.per_image, a.seed, a.min_area)
-        if a.format != "openimages-paper":
+        if a.format == "openimages-paper":
+            from smartbrush.eval import paper_openimages
+
+            manifest = paper_openimages.import_set(a.src, a.out, a.min_image_side, a.seed, a.samples_per_shard)
+        else:
             manifest = write_benchmark(a.out, got.samples, got.rejected, got.inputs, got.config,
                                        a.samples_per_shard, a.jpeg_quality)
     except (OSError, ValueError, KeyError) as e:

@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 
+from smartbrush.eval.bench_writer import write_set
 from smartbrush.schemas import files
 from smartbrush.schemas import manifest as manifest_schema
 from smartbrush.schemas import rejected as rejected_schema
@@ -60,3 +61,12 @@ def select(shard_set: str, min_side: int = 512, seed: int = 0) -> tuple[Iterator
     members = ((s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
                for s in iter_samples(shard_set, manifest=manifest) if s["__key__"] in kept)
     return members, rows, manifest
+
+
+def import_set(shard_set: str, out: str, min_side: int = 512, seed: int = 0, samples_per_shard: int = 1000) -> dict:
+    """Write the draw into `out` (a new folder); returns its manifest. Its one input is the built
+    set's manifest.json (size and sha256 recorded)."""
+    members, rows, source = select(shard_set, min_side, seed)
+    config = {"format": "openimages-paper", "src": shard_set, "min_image_side": min_side, "seed": seed}
+    return write_set(out, members, rows, [files.join(shard_set, manifest_schema.FILE_NAME)], config,
+                     source["mask_schedule"], samples_per_shard)
